@@ -1,0 +1,101 @@
+"""Class activation maps: the single-pass CAM, pytorch-grad-cam's methods, and the coloured overlay."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .model import cam_target_layer, features_and_logits, linear_head
+
+DEFAULT_METHOD = "GradCAM"
+
+
+def cam_methods() -> dict[str, type]:
+    """The pytorch-grad-cam methods offered in the app, by display name.
+
+    ScoreCAM and AblationCAM are left out on purpose: they run the network once per channel
+    batch, which takes minutes per image on a 2-vCPU Space.
+    """
+    import pytorch_grad_cam as pgc
+
+    return {
+        "GradCAM": pgc.GradCAM,
+        "GradCAM++": pgc.GradCAMPlusPlus,
+        "XGradCAM": pgc.XGradCAM,
+        "HiResCAM": pgc.HiResCAM,
+        "LayerCAM": pgc.LayerCAM,
+        "EigenCAM": pgc.EigenCAM,
+    }
+
+
+def normalise(cams: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Min-max scale each map to [0, 1], then resize to `size` (H, W): pytorch-grad-cam's own order."""
+    flat = cams.flatten(1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    flat = flat / (1e-7 + flat.max(dim=1, keepdim=True).values)
+    scaled = flat.view_as(cams).unsqueeze(1).float()
+    return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+
+
+def single_pass_cam(model: nn.Module, x: torch.Tensor,
+                    class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and Grad-CAM maps from one forward pass, with no backward pass.
+
+    With global average pooling and one linear layer, d logit_c / d A_k = w_ck / (h * w) at every
+    position, so Grad-CAM's channel weights are the class's weight row: the map is
+    ReLU(sum_k w_ck * A_k), up to a positive scale that the min-max normalisation removes.
+    """
+    head = linear_head(model)
+    if head is None:
+        raise ValueError("single_pass_cam needs a model with global average pooling and one linear layer")
+    with torch.inference_mode():
+        features, logits = features_and_logits(model, x)
+        index = logits.argmax(dim=1) if class_index is None else class_index.to(logits.device)
+        weights = head.weight[index].to(features.dtype)
+        cams = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
+    return logits.float(), normalise(cams, tuple(x.shape[-2:]))
+
+
+def library_cam(model: nn.Module, x: torch.Tensor, method: str,
+                class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and maps from pytorch-grad-cam; its own forward pass provides the logits."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    methods = cam_methods()
+    if method not in methods:
+        raise ValueError(f"Unknown CAM method {method!r}; choose one of: {', '.join(methods)}")
+    targets = None if class_index is None else [ClassifierOutputTarget(int(i)) for i in class_index]
+    with methods[method](model=model, target_layers=[cam_target_layer(model)]) as cam:
+        maps = cam(input_tensor=x, targets=targets)
+        logits = cam.outputs.detach().float()
+    return logits, maps
+
+
+def compute_cam(model: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD,
+                class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """The cheapest exact route: single pass for Grad-CAM on a GAP+linear head, else the library."""
+    if method == "GradCAM" and linear_head(model) is not None:
+        return single_pass_cam(model, x, class_index)
+    return library_cam(model, x, method, class_index)
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = 0.5, min_side: int = 256) -> np.ndarray:
+    """Blend a jet-coloured heatmap over an RGB uint8 image; small tiles are enlarged to `min_side`.
+
+    The tile is enlarged with nearest-neighbour so its pixels stay honest, the heatmap with
+    bilinear interpolation because it is a smooth field.
+    """
+    import cv2
+
+    opacity = float(np.clip(opacity, 0.0, 1.0))
+    height, width = rgb.shape[:2]
+    scale = max(1, -(-min_side // max(height, width)))
+    size = (width * scale, height * scale)
+    base = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST), dtype=np.float32)
+    heat = cv2.resize(np.float32(heatmap), size, interpolation=cv2.INTER_LINEAR)
+    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = (1 - opacity) * base + opacity * colours.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
