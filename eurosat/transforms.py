@@ -37,13 +37,18 @@ class DataConfig:
         return cls.from_pretrained_cfg({**model.pretrained_cfg, "input_size": (3, img_size, img_size)})
 
     def to_timm(self) -> dict[str, Any]:
-        """The keys timm's `save_for_hf(data_config=...)` records; crop_pct 1.0 because tiles are never cropped."""
+        """The keys timm's `save_for_hf(data_config=...)` records.
+
+        Whole tiles are resized, never cropped: crop_pct 1.0 and crop_mode "squash" make timm's own
+        `create_transform` do exactly what `eval_transform` does, for images of any aspect ratio.
+        """
         return {
             "input_size": (3, *self.input_size),
             "mean": self.mean,
             "std": self.std,
             "interpolation": self.interpolation,
             "crop_pct": 1.0,
+            "crop_mode": "squash",
         }
 
 

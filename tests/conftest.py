@@ -14,12 +14,18 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("HF_TOKEN", None)
 
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MINI = SHARED / "eurosat-rgb-mini"
 FULL = SHARED / "eurosat-rgb"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +70,24 @@ def untrained_checkpoint(tmp_path_factory, label_names) -> Path:
     folder = tmp_path_factory.mktemp("untrained") / "checkpoint"
     hub.save(model, folder, label_names=label_names, data_config=DataConfig.for_model(model, 64))
     return folder
+
+
+TINY_RECIPE = dict(model="test_resnet", pretrained=False, img_size=64, epochs=8, batch_size=32, lr=3e-3,
+                   weight_decay=0.01, device="cpu", seed=0, tta=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mini_source) -> Path:
+    """A run folder from train.py's own code: a tiny model trained briefly on the mini train split."""
+    from eurosat.config import make_train_config
+    from eurosat.runner import fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(make_train_config(None, dataset=mini_source, output_dir=str(out), **TINY_RECIPE), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run) -> Path:
+    """The checkpoint folder (config.json + model.safetensors) of `trained_run`."""
+    return trained_run
