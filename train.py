@@ -90,7 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k != "preset"}
     cfg = make_train_config(args.preset, **overrides)
-    fit(cfg, log=tqdm.write, progress_factory=tqdm)
+    fit(cfg, log=tqdm.write, show_progress=True)
     if cfg.push_to_hub and resolve_runtime(cfg.device).is_main:
         print(f"pushed: {push(cfg.output_dir, cfg.push_to_hub, private=cfg.private)}")
     return 0

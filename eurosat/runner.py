@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from . import hub
 from .config import TrainConfig
@@ -56,8 +58,7 @@ def _check_output_dir(out: Path, resume: bool) -> None:
             "(nothing was overwritten).")
 
 
-def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print,
-        progress_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: bool = False) -> dict[str, Any]:
     """Train, keep the best epoch on validation, score the test split once, write the report.
 
     Returns the metrics dict that was written to metrics.json (on every rank).
@@ -107,15 +108,12 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         out.mkdir(parents=True, exist_ok=True)
 
     for epoch in range(run["epoch"], cfg.epochs):
-        bar = progress_factory(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}") \
-            if progress_factory and runtime.is_main else None
-        train = train_one_epoch(
-            train_model, train_x, train_y, transform=augment, optimizer=optimizer, scheduler=scheduler,
-            batch_size=cfg.batch_size, generator=generator, runtime=runtime, label_smoothing=cfg.label_smoothing,
-            progress=(lambda stats: (bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}",
-                                                     img_s=f"{stats['img_s']:.0f}"), bar.update())) if bar else None)
-        if bar:
-            bar.close()
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                  disable=not (show_progress and runtime.is_main)) as bar:
+            train = train_one_epoch(
+                train_model, train_x, train_y, transform=augment, optimizer=optimizer, scheduler=scheduler,
+                batch_size=cfg.batch_size, generator=generator, runtime=runtime,
+                label_smoothing=cfg.label_smoothing, progress=partial(_show, bar))
         val = evaluate(model, *tensors["validation"], transform=to_input, runtime=runtime)
         run["train_seconds"] += train["seconds"]
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
@@ -144,6 +142,11 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 
     return finish(cfg, out, run, tensors["test"], labels, runtime, log,
                   wall_seconds=wall_before + time.perf_counter() - started)
+
+
+def _show(bar: tqdm, stats: dict[str, float]) -> None:
+    bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", img_s=f"{stats['img_s']:.0f}")
+    bar.update()
 
 
 def write_log(out: Path, history: list[dict]) -> None:
