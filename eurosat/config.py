@@ -18,6 +18,9 @@ DEFAULT_OPENAI_MODEL = "gpt-4o"
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 
+# Uploads with more pixels are refused from their header, before any pixel is decoded (bomb protection).
+MAX_PIXELS = 40_000_000
+
 
 @dataclass
 class TrainConfig:
@@ -98,5 +101,9 @@ class AppConfig:
     top_k: int = 5
     low_confidence: float = 0.5
     concurrency_limit: int = 2
+    # Requests beyond this many waiting are refused at once ("queue full") rather than left to time out.
+    max_queue_size: int = 64
     max_file_size: str = "10mb"
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
+    # Folder of example tiles for the gallery (app.py passes the one beside it); None shows no gallery.
+    examples_dir: str | None = None

@@ -209,16 +209,21 @@ def _head_prefix(model: nn.Module, head: nn.Module) -> str:
 def push(directory: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
          commit_message: str = "Upload EuroSAT checkpoint") -> str:
     """Upload a saved folder to the Hub and return the commit URL; the folder itself is never modified."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
     directory = Path(directory)
     retry = f"python train.py push {directory} {repo_id}" + (" --private" if private else "")
+    # Checked up front: without a token the Hub would only answer 401, which reads like a rights problem.
+    token = token or get_token()
+    if not token:
+        raise PushError(f"Could not upload {directory} to {repo_id!r}: no Hugging Face token (set HF_TOKEN or "
+                        f"run `hf auth login`). The local output is intact. Retry with: {retry}")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message=commit_message,
                                  ignore_patterns=["train_state*", ".*"])
-    except Exception as e:  # offline, no token, no rights, bad id: all end the same way for the user
+    except Exception as e:  # offline, no rights, bad id: all end the same way for the user
         raise PushError(
             f"Could not upload {directory} to {repo_id!r}: {_describe_push_failure(e)}. "
             f"The local output is intact. Retry with: {retry}") from None
@@ -226,10 +231,8 @@ def push(directory: str | os.PathLike, repo_id: str, *, private: bool = False, t
 
 
 def _describe_push_failure(error: Exception) -> str:
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
-    if isinstance(error, LocalTokenNotFoundError):
-        return "no Hugging Face token (set HF_TOKEN or run `hf auth login`)"
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status in (401, 403):

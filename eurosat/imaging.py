@@ -1,4 +1,4 @@
-"""Images from users: any PIL mode to 8-bit RGB, and oversized images shrunk before they become tensors."""
+"""Images from users: files decoded safely into 8-bit RGB (multispectral GeoTIFFs included), then tensors."""
 
 from __future__ import annotations
 
@@ -8,81 +8,217 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 40_000_000
+from .config import MAX_PIXELS
+# The multispectral EuroSAT release: 13 Sentinel-2 bands in the order B01, B02, B03, B04, B05, B06, B07,
+# B08, B08A, B09, B10, B11, B12. True colour is B04 (red), B03 (green), B02 (blue).
+SENTINEL2_BANDS = 13
+SENTINEL2_RGB = (3, 2, 1)
+STRETCH_PERCENTILES = (2.0, 98.0)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 
 
 class ImageError(ValueError):
     """An input that cannot be used as an image; the message tells the user what to upload instead."""
 
 
-def open_image(path: str | os.PathLike | None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode a user's file: size checked before pixels are decoded, first frame, EXIF orientation applied."""
+def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a user's file into an 8-bit RGB image, or raise ImageError with a message for the user.
+
+    The size is read from the header and checked before any pixel is decoded. The first frame of
+    animations is used and EXIF orientation is applied. A TIFF with more than 8 bits per band and
+    several bands, or more than 4 bands, is read with tifffile: 13 bands are taken as Sentinel-2
+    (B04, B03, B02 as RGB), 3 bands as RGB, each band stretched between its 2nd and 98th percentiles.
+    """
     if not path:
         raise ImageError("No image was given: upload a satellite tile (PNG or JPEG).")
-    if os.path.getsize(path) == 0:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        raise ImageError("The uploaded file could not be read: upload it again.") from None
+    if not head:
         raise ImageError("The file is empty (0 bytes): upload a PNG or JPEG image.")
+    if head.startswith(_TIFF_MAGIC):
+        multiband = _read_multiband_tiff(path, max_pixels)
+        if multiband is not None:
+            return multiband
+    return _read_with_pillow(path, head, max_pixels)
+
+
+def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int) -> Image.Image:
+    # Never above Pillow's own threshold: its DecompressionBombWarning then cannot fire for an image we go
+    # on to decode, and its DecompressionBombError (at twice the threshold) is raised by Image.open itself.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
-        image = Image.open(path)
-    except UnidentifiedImageError:
-        raise ImageError("This file is not an image that can be read: upload a PNG, JPEG, TIFF, GIF or WebP.") from None
+        source = Image.open(path)
     except Image.DecompressionBombError:
-        raise ImageError(f"The image is too large to decode safely (limit {max_pixels:,} pixels).") from None
-    if image.width * image.height > max_pixels:
-        raise ImageError(
-            f"The image is {image.width}x{image.height} pixels, over the limit of {max_pixels:,}: "
-            "a EuroSAT tile is 64x64, so crop or downscale it first.")
+        raise ImageError(f"The image has more than {limit:,} pixels, too large to decode safely: "
+                         "a EuroSAT tile is 64x64, so crop or downscale it first.") from None
+    except UnidentifiedImageError:
+        raise ImageError(_unreadable_message(head)) from None
+    except Exception as e:  # a header that parses but is invalid: decoders raise many exception types
+        raise ImageError(f"The image file is damaged and could not be read ({_reason(e)}).") from None
+    with source:
+        width, height = source.size
+        if width * height > limit:
+            raise ImageError(f"The image is {width}x{height} pixels, over the limit of {limit:,}: "
+                             "a EuroSAT tile is 64x64, so crop or downscale it first.")
+        if width < 1 or height < 1:
+            raise ImageError(f"The image is {width}x{height} pixels: it has no pixels to classify.")
+        try:
+            source.seek(0)
+            return to_rgb(ImageOps.exif_transpose(source))  # exif_transpose returns a decoded copy
+        except Exception as e:  # truncated or corrupt pixel data; the file is closed on the way out
+            raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_reason(e)}).") \
+                from None
+
+
+# Files people upload by mistake, named so the message says what the file is.
+_NOT_IMAGES = {b"%PDF": "a PDF document", b"PK\x03\x04": "a ZIP archive (or an Office document)"}
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def _unreadable_message(head: bytes) -> str:
+    kind = next((name for magic, name in _NOT_IMAGES.items() if head.startswith(magic)), None)
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        kind = "a HEIC/HEIF photo (the iPhone's format)"
+    if kind:
+        return f"This file is {kind}, not an image this app can read: upload a {_FORMATS} image."
+    text = head.decode("utf-8", errors="replace")
+    # A multi-byte character cut at the end of `head` decodes as one replacement character.
+    if b"\x00" not in head and text.count("\ufffd") <= 1 and all(c.isprintable() or c.isspace() or c == "\ufffd"
+                                                                 for c in text):
+        return f"This file holds text, not an image, whatever its name says: upload a {_FORMATS} image."
+    return f"This file is not in an image format that can be read: upload a {_FORMATS} image."
+
+
+def _reason(error: Exception) -> str:
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return first_line[:200] or type(error).__name__
+
+
+def _read_multiband_tiff(path: str | os.PathLike, max_pixels: int) -> Image.Image | None:
+    """The RGB view of a TIFF that Pillow cannot show faithfully, or None to let Pillow read it.
+
+    Pillow reads 8-bit grey, RGB, RGBA and palette TIFFs (with their photometric and compression
+    variants) and 16-bit grey, but not 13-band or 16-bit multi-band ones. Only the first page is read.
+    """
+    import tifffile
+
     try:
-        image.seek(0)
-        image = ImageOps.exif_transpose(image)
-        image.load()
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"The image file is damaged or truncated and could not be decoded ({e}).") from None
-    return image
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            # int(): damaged tags can hold several values, which tifffile passes on as tuples.
+            shape, axes, dtype = tuple(int(n) for n in page.shape), str(page.axes), page.dtype
+            compression = getattr(page.compression, "name", str(page.compression))
+    except Exception:  # not a TIFF tifffile understands: Pillow tries it and words its own error
+        return None
+    if len(shape) == 2:
+        return None
+    if len(shape) != 3 or axes not in ("YXS", "SYX"):
+        raise ImageError(f"This TIFF holds a {'x'.join(map(str, shape))} ({axes}) array, not one image: "
+                         "upload a single RGB tile or a 13-band Sentinel-2 GeoTIFF.")
+    bands = shape[axes.index("S")]
+    height, width = (shape[0], shape[1]) if axes == "YXS" else (shape[1], shape[2])
+    if height < 1 or width < 1:
+        raise ImageError(f"The TIFF is {width}x{height} pixels: it has no pixels to classify.")
+    if bands <= 4 and dtype == np.uint8:
+        return None
+    if dtype is None or dtype.kind not in "uif":
+        raise ImageError("This TIFF's samples are not integers or real numbers: upload an RGB image instead.")
+    if bands not in (3, SENTINEL2_BANDS):
+        raise ImageError(
+            f"This TIFF has {bands} bands of {dtype.name}; the model needs RGB. Upload a PNG or JPEG, a 3-band "
+            f"RGB TIFF, or a 13-band Sentinel-2 GeoTIFF from EuroSAT's multispectral release (B01 to B12 "
+            f"with B08A, in that order).")
+    if height * width > max_pixels or height * width * bands * dtype.itemsize > 4 * max_pixels:
+        raise ImageError(f"The TIFF is {width}x{height} pixels with {bands} bands of {dtype.name}, too large "
+                         "to decode safely: a EuroSAT tile is 64x64, so crop it first.")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            data = tif.pages.first.asarray(maxworkers=1)
+        if data.shape != shape:
+            raise ValueError(f"decoded {data.shape}, header says {shape}")
+    except Exception:
+        raise ImageError(f"This TIFF could not be decoded ({compression} compression): it is damaged or uses "
+                         "a compression this app cannot read. Save it uncompressed or with Deflate.") from None
+    cube = np.moveaxis(data, -1, 0) if axes == "YXS" else data
+    picked = cube[list(SENTINEL2_RGB)] if bands == SENTINEL2_BANDS else cube
+    return Image.fromarray(np.ascontiguousarray(np.moveaxis(stretch(picked), 0, -1)))
+
+
+def stretch(bands: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
+    """Each band (C, H, W) of any numeric type linearly mapped to 0..255 between its own percentiles.
+
+    Reflectances fill a small part of the uint16 range, so a fixed scale would give a black tile;
+    clipping the extreme 2% keeps a few saturated or no-data pixels from setting the contrast.
+    Non-finite samples become 0.
+    """
+    out = np.zeros(bands.shape, dtype=np.uint8)
+    for i, band in enumerate(bands):
+        values = band.astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        low, high = np.percentile(values[finite], percentiles)
+        if high <= low:
+            continue
+        scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
+        out[i] = np.where(finite, np.round(scaled), 0).astype(np.uint8)
+    return out
+
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-_WITH_ALPHA = {"RGBA", "LA", "PA", "RGBa", "La"}
+_WITH_ALPHA = {"RGBA", "LA", "PA"}
+_PREMULTIPLIED = {"RGBa", "La"}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB with the meaning of its pixels kept.
 
     - 16/32-bit integer images are scaled (65535 -> 255); Pillow's own convert clips them to white.
-    - float images are read as 0..1 when they fit, else as 0..255.
+    - float images are read as 0..1 when they fit, else as 0..255; NaN and infinities become 0.
     - transparent pixels become black: Sentinel-2 marks no-data with 0, so that is what a tile's
-      empty area looks like to the model in training.
+      empty area looks like to the model in training. Premultiplied colours already are that.
     """
     mode = image.mode
-    if mode == "RGB":
-        return image
     if mode in _SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float64)
         return _gray_to_rgb(np.clip(values, 0, 65535) / 257.0)
     if mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        with np.errstate(invalid="ignore"):  # corrupt data can hold signalling NaNs, which warn when cast
+            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
         return _gray_to_rgb(np.clip(values * scale, 0, 255))
-    if mode == "P" and "transparency" in image.info or mode in _WITH_ALPHA:
+    if mode in _PREMULTIPLIED:
+        colour = np.asarray(image)[..., :-1]
+        return _gray_to_rgb(colour[..., 0]) if mode == "La" else Image.fromarray(np.ascontiguousarray(colour))
+    if mode in _WITH_ALPHA or "transparency" in image.info:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(black, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
 
 
 def _gray_to_rgb(values: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.round(values).astype(np.uint8), mode="L").convert("RGB")
+    return Image.fromarray(np.round(values).astype(np.uint8)).convert("RGB")
 
 
 def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Shrink by an integer box filter while the image stays at least twice `size` (H, W).
+    """Shrink each axis by an integer box filter while it stays at least twice `size` (H, W).
 
     A 4000x3000 photo would otherwise become a 144 MB float tensor just to be resized to 224 px;
     the box filter is exact averaging, and the final antialiased resize happens in the transform.
+    The axes are reduced separately because the transform squashes the whole image to `size`
+    anyway, and so that a long thin strip cannot stay huge along one axis.
     """
-    factor = min(image.width // (2 * size[1]), image.height // (2 * size[0]))
-    return image.reduce(factor) if factor >= 2 else image
+    factors = (max(1, image.width // (2 * size[1])), max(1, image.height // (2 * size[0])))
+    return image.reduce(factors) if factors != (1, 1) else image
 
 
 def to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """An RGB uint8 tensor (3, H, W) of a PIL image of any mode, ready for `transforms.eval_transform`."""
-    rgb = np.asarray(shrink(to_rgb(image), size), dtype=np.uint8)
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    rgb = np.array(shrink(to_rgb(image), size), dtype=np.uint8)
+    return torch.from_numpy(rgb).permute(2, 0, 1)

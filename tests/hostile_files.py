@@ -1,0 +1,209 @@
+"""Hostile and awkward uploads, generated in memory from a real EuroSAT tile so nothing binary lives in the repo."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+OVER_UPLOAD_LIMIT = 12 * 1024 * 1024  # above the app's 10 MB cap however "mb" is counted
+BOMB_SIDE = 20_000
+
+
+@lru_cache(maxsize=None)
+def tile() -> Image.Image:
+    """A real 64x64 EuroSAT RGB tile (River, from the test split) that the cases below are made from."""
+    with Image.open(EXAMPLES / "River.jpg") as im:
+        return im.convert("RGB")
+
+
+def encode(image: Image.Image, format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    return buffer.getvalue()
+
+
+def text_named_jpg() -> bytes:
+    return b"Hello! This is a note about my field trip, saved with the wrong extension.\n" * 20
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(tile().resize((256, 256)), "JPEG", quality=95)
+    return data[: len(data) // 2]
+
+
+def one_pixel() -> Image.Image:
+    return Image.new("RGB", (1, 1), (40, 90, 160))
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@lru_cache(maxsize=None)
+def bomb_png(side: int = BOMB_SIDE) -> bytes:
+    """A valid side x side 8-bit grey PNG of zeros: about 400 KB on disk, 400 MB once decoded.
+
+    Built row by row through a streaming compressor, so making it never holds the decoded image.
+    """
+    compressor = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then `side` zero pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def gray16() -> np.ndarray:
+    """Full-range 16-bit luminance of the tile, with distinct low bytes so 8-bit truncation would show."""
+    gray = np.asarray(tile().convert("L"), dtype=np.uint32)
+    return np.minimum(gray * 257 + np.arange(gray.size).reshape(gray.shape) % 200, 65535).astype(np.uint16)
+
+
+def gray16_png() -> bytes:
+    return encode(Image.fromarray(gray16()), "PNG")
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(tile().convert("CMYK"), "JPEG", quality=95)
+
+
+def palette_with_transparency() -> tuple[Image.Image, np.ndarray]:
+    """A palette image of the tile in which palette entry 0 is transparent, and the mask of those pixels."""
+    palette = tile().quantize(colors=16)
+    indices = np.asarray(palette).copy()
+    indices[:16, :16] = 0  # a transparent corner, whatever the quantiser put there
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette.getpalette())
+    image.info["transparency"] = 0
+    return image, indices == 0
+
+
+def palette_png() -> bytes:
+    image, _ = palette_with_transparency()
+    return encode(image, "PNG", transparency=0)
+
+
+def gif_frames() -> tuple[Image.Image, Image.Image]:
+    """Two frames with few colours (so GIF stores them exactly) and opposite layouts."""
+    first = np.zeros((64, 64, 3), np.uint8)
+    first[:32, :, 0] = 255          # red top half
+    first[32:, :, 2] = 255          # blue bottom half
+    second = np.full((64, 64, 3), 255, np.uint8)
+    second[:, :32] = (0, 200, 0)    # green left half, white right half
+    return Image.fromarray(first), Image.fromarray(second)
+
+
+def animated_gif() -> bytes:
+    first, second = gif_frames()
+    return encode(first, "GIF", save_all=True, append_images=[second], duration=200, loop=0)
+
+
+def upright_marker() -> Image.Image:
+    """A dark 48x32 (W x H) image with a bright 8x8 block in its top-left corner: its orientation is visible."""
+    pixels = np.full((32, 48, 3), 30, np.uint8)
+    pixels[:8, :8] = 250
+    return Image.fromarray(pixels)
+
+
+def exif_rotated_jpeg(orientation: int) -> bytes:
+    """The upright marker stored rotated, with the EXIF orientation (6 or 8) that tells viewers to undo it."""
+    stored = upright_marker().transpose({6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def oversized_png(size: int = OVER_UPLOAD_LIMIT) -> bytes:
+    """A valid PNG of incompressible noise larger than `size` bytes: only its size is wrong."""
+    side = int((size / 3) ** 0.5) + 16
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "PNG", compress_level=0)
+    assert len(data) > size
+    return data
+
+
+def sentinel2_cube(seed: int = 0) -> np.ndarray:
+    """A realistic (13, 64, 64) uint16 Sentinel-2 L1C tile in EuroSAT MS band order, built from the RGB tile.
+
+    Reflectance x 10000 as in the release: B02-B04 follow the tile's blue, green and red with an
+    atmospheric offset, the other bands are smooth plausible levels, and a few pixels are saturated
+    cloud, which the percentile stretch has to ignore.
+    """
+    rng = np.random.default_rng(seed)
+    rgb = np.asarray(tile(), dtype=np.float64)
+    base = [1300, 0, 0, 0, 1500, 2100, 2400, 2600, 2800, 900, 20, 1900, 1200]  # B01 .. B12
+    cube = np.empty((13, 64, 64))
+    for band, level in enumerate(base):
+        cube[band] = level + rng.normal(0, 25, (64, 64))
+    cube[1] = 900 + 9 * rgb[..., 2]   # B02 blue
+    cube[2] = 600 + 10 * rgb[..., 1]  # B03 green
+    cube[3] = 400 + 12 * rgb[..., 0]  # B04 red
+    cube[:, 60:, 60:] = 9000          # a small cloud: 16 saturated pixels in every band
+    return np.clip(np.round(cube), 0, 65535).astype(np.uint16)
+
+
+def sentinel2_tiff(layout: str = "interleaved", compression: str | None = None) -> bytes:
+    """The cube as a one-page TIFF, (64, 64, 13) pixel-interleaved like the release, or (13, 64, 64) planar."""
+    import tifffile
+
+    cube = sentinel2_cube()
+    buffer = io.BytesIO()
+    if layout == "interleaved":
+        tifffile.imwrite(buffer, np.moveaxis(cube, 0, -1), photometric="minisblack", planarconfig="contig",
+                         compression=compression)
+    else:
+        tifffile.imwrite(buffer, cube, photometric="minisblack", planarconfig="separate", compression=compression)
+    return buffer.getvalue()
+
+
+def multiband_tiff(bands: int, dtype=np.uint16) -> bytes:
+    import tifffile
+
+    rng = np.random.default_rng(bands)
+    cube = rng.integers(100, 4000, (32, 32, bands)).astype(dtype)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, cube, photometric="rgb" if bands == 3 else "minisblack", planarconfig="contig")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One upload of the issue's list: its file name, how to make its bytes, and what the user must see.
+
+    `error` is a phrase the message must contain; None means the upload must be classified.
+    """
+
+    name: str
+    filename: str
+    make: Callable[[], bytes]
+    error: str | None = None
+
+
+# Every bad image of the issue that reaches the handlers (the over-the-limit upload is refused before them).
+CASES = [
+    Case("text bytes named .jpg", "holiday.jpg", text_named_jpg, "holds text, not an image"),
+    Case("zero-byte file", "empty.png", lambda: b"", "empty (0 bytes)"),
+    Case("truncated JPEG", "truncated.jpg", truncated_jpeg, "damaged or truncated"),
+    Case("1x1 image", "pixel.png", lambda: encode(one_pixel(), "PNG")),
+    Case("20000x20000 PNG (decompression bomb)", "bomb.png", bomb_png, "too large to decode safely"),
+    Case("16-bit grayscale PNG", "gray16.png", gray16_png),
+    Case("CMYK JPEG", "cmyk.jpg", cmyk_jpeg),
+    Case("palette PNG with transparency", "palette.png", palette_png),
+    Case("animated GIF", "animated.gif", animated_gif),
+    Case("JPEG with EXIF rotation (6)", "rotated.jpg", lambda: exif_rotated_jpeg(6)),
+    Case("13-band Sentinel-2 GeoTIFF", "EuroSAT_MS_River.tif", sentinel2_tiff),
+]
+
+
+def write(case: Case, folder: Path) -> Path:
+    path = folder / case.filename
+    path.write_bytes(case.make())
+    return path
