@@ -57,6 +57,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, label_names: list[st
         save_for_hf(model, str(tmp), model_config=model_config, safe_serialization=True,
                     data_config=data_config.to_timm())
         for name in CHECKPOINT_FILES[::-1]:  # weights first: a config never points at missing weights
+            # safetensors creates its file owner-only; a checkpoint is meant to be shared and served.
+            os.chmod(tmp / name, 0o644)
             os.replace(tmp / name, directory / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,241 @@
+"""The app as people run it: `python app.py` and its flags, and the three endpoints through gradio_client."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import gradio as gr
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+from conftest import REPO
+from eurosat import hub, llm
+from eurosat.cam import overlay
+from eurosat.config import DEFAULT_MODEL_ID, ENV_MODEL, AppConfig
+from eurosat.imaging import ImageError, open_image
+from eurosat.inference import Predictor
+from eurosat.ui import no_model_message
+from fake_openai import FakeOpenAI, answer
+from servers import running_app
+
+FOREST = str(REPO / "examples" / "Forest.jpg")
+KEY = "sk-test-SECRET-app-0123456789"
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_checkpoint) -> Predictor:
+    """The same checkpoint in this process: what the server answers must equal what it computes."""
+    return Predictor(hub.load(str(trained_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def fake_llm():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(trained_checkpoint, fake_llm, tmp_path_factory):
+    with running_app("--model", str(trained_checkpoint), log_dir=tmp_path_factory.mktemp("app"),
+                     env={"OPENAI_BASE_URL": fake_llm.base_url}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory) -> Client:
+    return Client(server.url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture
+def broken_checkpoint(tmp_path, untrained_checkpoint):
+    """A folder with a config.json but no weights: what a half-finished copy looks like."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text((untrained_checkpoint / "config.json").read_text())
+    return folder
+
+
+def app_error(call, *args, **kwargs) -> str:
+    """The text of the error a client call raises: it must be a message, never a stack trace."""
+    with pytest.raises(Exception) as info:
+        call(*args, **kwargs)
+    text = str(info.value)
+    assert "Traceback" not in text and "upstream Gradio app has raised an exception" not in text
+    return text
+
+
+def test_help_lists_every_option():
+    wide = {**os.environ, "COLUMNS": "300"}  # no line breaks inside the names looked for
+    done = subprocess.run([sys.executable, "app.py", "--help"], cwd=REPO, env=wide, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    options = [o for action in app.parser()._actions for o in action.option_strings if o.startswith("--")]
+    assert {"--model", "--device", "--threads", "--max-file-size"} <= set(options)
+    for name in [*options, ENV_MODEL, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "OPENAI_API_KEY", DEFAULT_MODEL_ID]:
+        assert name in done.stdout
+
+
+def test_importing_the_app_loads_nothing():
+    code = "import sys, app; print(sorted({'torch', 'gradio', 'timm'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_model_comes_from_the_flag_then_the_environment(monkeypatch):
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    assert app.parse_config([]).model == DEFAULT_MODEL_ID
+    monkeypatch.setenv(ENV_MODEL, "owner/from-env@v2")
+    assert app.parse_config([]).model == "owner/from-env@v2"
+    config = app.parse_config(["--model", "runs/quick", "--threads", "2", "--device", "auto", "--concurrency-limit",
+                               "1", "--max-queue-size", "8", "--max-file-size", "2mb"])
+    assert config == AppConfig(model="runs/quick", threads=2, device="auto", concurrency_limit=1, max_queue_size=8,
+                               max_file_size="2mb", examples_dir=str(REPO / "examples"))
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """gr.Blocks.launch replaced by a recorder: main() then returns instead of serving."""
+    calls = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: calls.append((demo, kwargs)))
+    monkeypatch.delattr(app, "demo", raising=False)
+    yield calls
+    monkeypatch.delattr(app, "demo", raising=False)
+
+
+def test_main_loads_once_and_launches_with_limits(monkeypatch, launches, trained_checkpoint):
+    loads = []
+    real_load = hub.load
+    monkeypatch.setattr(hub, "load", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
+    monkeypatch.setenv(ENV_MODEL, str(trained_checkpoint))
+    app.main([])
+    assert loads == [(str(trained_checkpoint),)]
+    (demo, kwargs), = launches
+    assert app.demo is demo
+    assert kwargs["max_file_size"] == AppConfig().max_file_size and kwargs["show_error"] is True
+    assert demo._queue.default_concurrency_limit == AppConfig().concurrency_limit
+    assert demo._queue.max_size == AppConfig().max_queue_size
+    assert not [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner"]
+
+
+def test_main_without_a_model_still_starts(launches, broken_checkpoint):
+    app.main(["--model", str(broken_checkpoint)])
+    (demo, _), = launches
+    banners = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "banner"]
+    assert len(banners) == 1 and "missing model.safetensors" in banners[0] and ENV_MODEL in banners[0]
+
+
+def test_readme_snippets(client, predictor, fake_llm):
+    """The README's gradio_client calls, as written there (only the URL and the key differ)."""
+    tile = handle_file(FOREST)
+
+    result = client.predict(tile, api_name="/predict")
+    expected = predictor.predict(open_image(FOREST), 5)
+    assert result["label"] == next(iter(expected))
+    assert [c["label"] for c in result["confidences"]] == list(expected)
+    assert [c["confidence"] for c in result["confidences"]] == pytest.approx(list(expected.values()), abs=1e-5)
+
+    heatmap_png = client.predict(tile, api_name="/gradcam")
+    with Image.open(heatmap_png) as png:
+        assert (png.format, png.mode, png.size) == ("PNG", "RGB", (256, 256))
+        pixels = np.asarray(png)
+    rgb = np.asarray(Image.open(FOREST).convert("RGB"))
+    expected_png = overlay(rgb, predictor.analyze(open_image(FOREST)).heatmap, 0.5)
+    assert np.abs(pixels.astype(int) - expected_png.astype(int)).max() <= 2
+
+    heatmap_png = client.predict(tile, class_name="River", method="GradCAM++", opacity=0.6, api_name="/gradcam")
+    with Image.open(heatmap_png) as png:
+        river = np.asarray(png)
+    expected_river = overlay(rgb, predictor.analyze(open_image(FOREST), target="River", method="GradCAM++").heatmap, 0.6)
+    assert np.abs(river.astype(int) - expected_river.astype(int)).max() <= 2
+
+    fake_llm.reply(200, answer("Forest", 0.8, "Dense canopy."))
+    markdown = client.predict(tile, api_key=KEY, api_name="/gpt4o")
+    label, probability = next(iter(expected.items()))
+    opinion = llm.SecondOpinion("Forest", 0.8, "Dense canopy.", "gpt-4o")
+    assert markdown == llm.format_comparison(opinion, label, probability)
+
+
+def test_predict_top_k(client):
+    result = client.predict(handle_file(FOREST), 10, api_name="/predict")
+    confidences = [c["confidence"] for c in result["confidences"]]
+    assert len(confidences) == 10 and sum(confidences) == pytest.approx(1.0, abs=1e-4)
+    assert confidences == sorted(confidences, reverse=True)
+    assert len(client.predict(handle_file(FOREST), k=2, api_name="/predict")["confidences"]) == 2
+
+
+def test_opacity_zero_is_the_tile_and_one_is_the_map(client):
+    def heatmap(opacity):
+        path = client.predict(handle_file(FOREST), class_name="River", method="EigenCAM", opacity=opacity,
+                              api_name="/gradcam")
+        return np.asarray(Image.open(path)).astype(int)
+
+    tile = np.asarray(Image.open(FOREST).convert("RGB")).repeat(4, axis=0).repeat(4, axis=1)
+    clear, opaque = heatmap(0.0), heatmap(1.0)
+    assert np.array_equal(clear, tile)
+    assert np.abs(opaque - clear).mean() > 20
+
+
+def test_bad_input_gets_a_message(client, tmp_path):
+    text = tmp_path / "tile.png"
+    text.write_text("this is not an image")
+    with pytest.raises(ImageError) as decoding:
+        open_image(str(text))
+    for endpoint in ("/predict", "/gradcam", "/gpt4o"):
+        assert str(decoding.value) in app_error(client.predict, handle_file(str(text)), api_name=endpoint)
+    assert "Unknown class 'Bogus'" in app_error(client.predict, handle_file(FOREST), class_name="Bogus",
+                                                 api_name="/gradcam")
+    assert "Unknown Grad-CAM method" in app_error(client.predict, handle_file(FOREST), method="ScoreCAM",
+                                                  api_name="/gradcam")
+
+
+def test_uploads_over_the_limit_are_refused(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(11 * 1024 * 1024))  # just over the default 10 MB
+    assert "maximum file size" in app_error(client.predict, handle_file(str(big)), api_name="/predict")
+
+
+def test_gpt4o_without_a_key_says_how_to_enable_it(client, fake_llm):
+    fake_llm.requests.clear()
+    assert llm.no_key_message() in app_error(client.predict, handle_file(FOREST), api_name="/gpt4o")
+    assert fake_llm.requests == []
+
+
+def test_gpt4o_key_is_used_once_and_never_echoed(client, fake_llm, server, predictor):
+    fake_llm.requests.clear()
+    fake_llm.reply(200, answer("River", 0.55, "A band of water."))
+    markdown = client.predict(handle_file(FOREST), api_key=KEY, api_name="/gpt4o")
+    label, probability = next(iter(predictor.predict(open_image(FOREST), 1).items()))
+    opinion = llm.SecondOpinion("River", 0.55, "A band of water.", "gpt-4o")
+    assert markdown == llm.format_comparison(opinion, label, probability)
+    assert len(fake_llm.requests) == 1 and fake_llm.requests[0].authorization == f"Bearer {KEY}"
+    fake_llm.reply(401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error",
+                                   "code": "invalid_api_key"}})
+    message = app_error(client.predict, handle_file(FOREST), api_key=KEY, api_name="/gpt4o")
+    assert "rejected the API key" in message
+    assert KEY not in markdown and KEY not in message and KEY not in server.output()
+
+
+def test_server_log_has_no_stack_trace(client, server):
+    client.predict(handle_file(FOREST), api_name="/predict")
+    assert "Traceback" not in server.output()
+
+
+def test_without_a_model_the_app_starts_and_every_endpoint_says_why(broken_checkpoint, tmp_path):
+    with pytest.raises(hub.CheckpointError) as failure:
+        hub.load(str(broken_checkpoint))
+    expected = no_model_message(str(failure.value))
+    with running_app("--model", str(broken_checkpoint), log_dir=tmp_path / "logs") as broken:
+        client = Client(broken.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        for endpoint in ("/predict", "/gradcam", "/gpt4o"):
+            assert expected in app_error(client.predict, handle_file(FOREST), api_name=endpoint)
+        with urllib.request.urlopen(broken.url + "/config", timeout=30) as response:
+            config = json.load(response)
+        banners = [c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "banner"]
+        assert len(banners) == 1 and expected in banners[0]
