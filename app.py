@@ -66,17 +66,6 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
         max_queue_size=args.max_queue_size, max_file_size=args.max_file_size, examples_dir=args.examples)
 
 
-def resolve_device(name: str) -> str:
-    """`auto` becomes cuda when there is a GPU, else cpu; asking for a GPU that is not there is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
-    return name
-
-
 def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     """(Predictor, None), or (None, why) when no model can be loaded: the page then starts with a banner."""
     from PIL import Image
@@ -107,6 +96,7 @@ def build(config: AppConfig) -> gr.Blocks:
     """The demo for `config`, its queue sized for it: the model is loaded here, once."""
     import torch
 
+    from eurosat.engine import resolve_device
     from eurosat.ui import build_demo
 
     config = dataclasses.replace(config, device=resolve_device(config.device))
@@ -122,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
+    from eurosat.engine import resolve_device
     from eurosat.ui import launch_kwargs
 
     try:

@@ -43,15 +43,21 @@ class Runtime:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def resolve_device(name: str) -> str:
+    """`auto` becomes cuda when there is a GPU, else cpu; asking for a GPU that is not there is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+    return name
+
+
 def resolve_runtime(device: str = "auto") -> Runtime:
     """Pick the device; bf16 autocast and channels_last only where they pay off (CUDA).
 
     Under torchrun (WORLD_SIZE > 1) this also joins the process group: NCCL on GPUs, gloo on CPU.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+    device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world_size > 1 and not dist.is_initialized():
