@@ -56,11 +56,13 @@ class TrainConfig:
 # Presets name the recipes whose figures are recorded in RESULTS.md; any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": dict(
+        # A quarter-width ResNet-18: on 2 CPU cores, more epochs of a narrow net beat fewer of a wide one
+        # (measured in RESULTS.md): 24 epochs at this width scored 94.0% where 12 at half width gave 91.4%.
         model="resnet18",
-        model_args=dict(channels=[32, 64, 128, 256], stem_width=32),
+        model_args=dict(channels=[16, 32, 64, 128], stem_width=16),
         pretrained=False,
         img_size=64,
-        epochs=12,
+        epochs=28,
         batch_size=128,
         lr=3e-3,
         weight_decay=0.05,

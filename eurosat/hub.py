@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -54,6 +55,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, label_names: list[st
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=directory))
     try:
         model_config = {"label_names": list(label_names), **(extra_config or {})}
+        # safetensors stores dense row-major tensors; a channels_last model is saved from a plain copy.
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         save_for_hf(model, str(tmp), model_config=model_config, safe_serialization=True,
                     data_config=data_config.to_timm())
         for name in CHECKPOINT_FILES[::-1]:  # weights first: a config never points at missing weights

@@ -65,6 +65,8 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
     """
     started = time.perf_counter()
     runtime = resolve_runtime(cfg.device)
+    if not runtime.is_main:
+        log = _quiet  # one voice under torchrun: rank 0 speaks for all
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg.resume)
     torch.manual_seed(cfg.seed)
@@ -144,6 +146,10 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
                   wall_seconds=wall_before + time.perf_counter() - started)
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def _show(bar: tqdm, stats: dict[str, float]) -> None:
     bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", img_s=f"{stats['img_s']:.0f}")
     bar.update()
@@ -190,13 +196,14 @@ def score(checkpoint: hub.Checkpoint, images: torch.Tensor, labels: torch.Tensor
     from . import report
 
     to_input = eval_transform(checkpoint.data_config)
+    model = checkpoint.model.to(memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     start = time.perf_counter()
-    probs = predict(checkpoint.model, images, transform=to_input, runtime=runtime)
+    probs = predict(model, images, transform=to_input, runtime=runtime)
     seconds = time.perf_counter() - start
     metrics = report.classification_metrics(probs.numpy(), labels.numpy(), checkpoint.label_names)
     metrics.update(eval_seconds=seconds, eval_images_per_s=len(labels) / max(seconds, 1e-9))
     if tta:
-        tta_probs = predict(checkpoint.model, images, transform=to_input, runtime=runtime, tta=True)
+        tta_probs = predict(model, images, transform=to_input, runtime=runtime, tta=True)
         metrics["top1_tta"] = (tta_probs.argmax(1) == labels).double().mean().item()
     if out is not None:
         report.write_report(out, metrics=metrics, run_info=run_info, label_names=checkpoint.label_names,
