@@ -1,20 +1,22 @@
 """Shared fixtures: offline Hugging Face settings, the real mini dataset, and tiny checkpoints."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+# Everything the session writes (pytest's tmp_path, gradio_client's uploads and downloads, the Hugging Face
+# cache) goes under one folder that is removed at the end: TMPDIR for subprocesses, tempfile.tempdir here.
+_SESSION_TMP = tempfile.mkdtemp(prefix="eurosat-tests-")
+os.environ["TMPDIR"] = tempfile.tempdir = _SESSION_TMP
 # Set before anything imports huggingface_hub: its constants are read at import time.
-_HF_HOME = tempfile.mkdtemp(prefix="eurosat-test-hf-")
-os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HOME"] = os.path.join(_SESSION_TMP, "hf-home")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("HF_TOKEN", None)
-
-import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -25,7 +27,7 @@ FULL = SHARED / "eurosat-rgb"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_HF_HOME, ignore_errors=True)
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
