@@ -471,10 +471,8 @@ import torch
 from PIL import Image
 
 model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
-# "squash" resizes the whole image to the input size, as in training; timm's default would centre-crop
-# images that are not square.
-config = timm.data.resolve_model_data_config(model, args={{"crop_mode": "squash"}})
-transform = timm.data.create_transform(**config)
+# config.json stores crop_mode "squash" and crop_pct 1.0: the whole tile is resized, as in training.
+transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
 labels = model.pretrained_cfg["label_names"]
 
 image = Image.open("tile.png").convert("RGB")  # a 64x64 Sentinel-2 RGB tile

@@ -337,7 +337,8 @@ def test_model_card_timm_snippet_runs_and_preprocesses_like_the_project(
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"{label_names[int(expected.argmax())]}: {float(expected.max()):.1%}"
 
-    # A tile that is not square is resized whole, as the project does; timm's default centre crop would not be.
+    # A tile that is not square is resized whole, as the project does: the crop mode stored in config.json
+    # makes timm do that. The control shows the comparison would catch a centre crop.
     import timm
 
     wide = tile[:, :40, :]
@@ -345,8 +346,9 @@ def test_model_card_timm_snippet_runs_and_preprocesses_like_the_project(
     theirs = scope["transform"](Image.fromarray(wide.permute(1, 2, 0).numpy()))
     assert theirs.shape == ours.shape
     assert (theirs - ours).abs().max() < 0.02
-    default = timm.data.create_transform(**timm.data.resolve_model_data_config(scope["model"]))
-    assert (default(Image.fromarray(wide.permute(1, 2, 0).numpy())) - ours).abs().max() > 0.1
+    cropping = timm.data.create_transform(
+        **timm.data.resolve_model_data_config(scope["model"], args={"crop_mode": "center"}))
+    assert (cropping(Image.fromarray(wide.permute(1, 2, 0).numpy())) - ours).abs().max() > 0.1
 
 
 def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path, mini_tensors, label_names):
