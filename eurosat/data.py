@@ -73,7 +73,11 @@ def load_splits(source: str, *, seed: int = 0, val_fraction: float = 0.2) -> Spl
     val_name = next((a for a in SPLIT_ALIASES["validation"] if a in dsd), None)
     train = dsd["train"]
     if val_name is None:
-        parts = train.train_test_split(test_size=val_fraction, stratify_by_column=label_col, seed=seed)
+        try:
+            parts = train.train_test_split(test_size=val_fraction, stratify_by_column=label_col, seed=seed)
+        except ValueError as e:  # too few images per class, or a val_fraction that leaves a side empty
+            raise DatasetError(f"Dataset {source!r} has no validation split, and none can be carved from its "
+                               f"{len(train)} training images with val_fraction={val_fraction}: {e}") from None
         train, validation = parts["train"], parts["test"]
     else:
         validation = dsd[val_name]

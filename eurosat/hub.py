@@ -81,7 +81,7 @@ def resolve_files(source: str, *, cache_dir: str | None = None) -> Path:
     huggingface_hub, so its cache, HF_TOKEN and HF_HUB_OFFLINE work as users expect.
     """
     path = Path(source).expanduser()
-    if path.is_dir():
+    if source.strip() and path.is_dir():  # Path("") is the working directory: an empty source is no folder
         missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
         if missing:
             raise CheckpointError(
@@ -198,10 +198,13 @@ def load(source: str, *, device: str | torch.device = "cpu", cache_dir: str | No
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first_line = str(e).splitlines()[0]
+        # torch's first line only says "Error(s) in loading state_dict"; the next names the keys, which can be many.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        detail = detail if len(detail) <= 300 else detail[:300] + "..."
         raise CheckpointError(
             f"{folder / 'model.safetensors'} does not match the architecture {config['architecture']!r} "
-            f"in config.json ({first_line}).") from None
+            f"in config.json ({detail}).") from None
     model.eval().to(device)
     data_config = DataConfig.from_pretrained_cfg(config["pretrained_cfg"])
     return Checkpoint(model=model, label_names=list(labels), data_config=data_config, source=source, config=config)
