@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
                                    f"(default: ${ENV_MODEL}, else {DEFAULT_MODEL_ID})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
                    help=f"where the model runs; auto picks cuda when there is a GPU (default {defaults.device})")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's own choice)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per request (default: the usable CPUs shared by the concurrent requests)")
     p.add_argument("--concurrency-limit", type=int, default=defaults.concurrency_limit,
                    help=f"requests that run the model at the same time (default {defaults.concurrency_limit})")
     p.add_argument("--max-queue-size", type=int, default=defaults.max_queue_size,
@@ -68,8 +69,6 @@ def parse_config(argv: list[str] | None = None) -> AppConfig:
 
 def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     """(Predictor, None), or (None, why) when no model can be loaded: the page then starts with a banner."""
-    from PIL import Image
-
     from eurosat.hub import CheckpointError, load
     from eurosat.inference import Predictor
 
@@ -84,9 +83,7 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
         return None, f"Loading {config.model!r} failed unexpectedly ({type(e).__name__}); see the server log."
     predictor = Predictor(checkpoint, device=config.device)
     loaded = time.perf_counter()
-    # One dummy pass now, so the first visitor does not pay for PyTorch's lazy initialisation.
-    height, width = predictor.data_config.input_size
-    predictor.analyze(Image.new("RGB", (width, height)))
+    predictor.warmup()
     log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms", config.model, checkpoint.architecture,
              len(predictor.label_names), config.device, loaded - start, (time.perf_counter() - loaded) * 1000)
     return predictor, None
@@ -97,11 +94,11 @@ def build(config: AppConfig) -> gr.Blocks:
     import torch
 
     from eurosat.engine import resolve_device
+    from eurosat.inference import cpu_threads
     from eurosat.ui import build_demo
 
     config = dataclasses.replace(config, device=resolve_device(config.device))
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads or cpu_threads(config.concurrency_limit))
     predictor, error = load_predictor(config)
     demo = build_demo(predictor, config=config, load_error=error)
     return demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue_size)

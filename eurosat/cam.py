@@ -31,13 +31,20 @@ def cam_methods() -> dict[str, type]:
     }
 
 
-def normalise(cams: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Min-max scale each map to [0, 1], then resize to `size` (H, W): pytorch-grad-cam's own order."""
-    flat = cams.flatten(1)
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.flatten(1)
     flat = flat - flat.min(dim=1, keepdim=True).values
-    flat = flat / (1e-7 + flat.max(dim=1, keepdim=True).values)
-    scaled = flat.view_as(cams).unsqueeze(1).float()
-    return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+    return (flat / (1e-7 + flat.max(dim=1, keepdim=True).values)).view_as(maps)
+
+
+def normalise(cams: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Min-max scale each map to [0, 1], resize to `size` (H, W), then scale again: pytorch-grad-cam's steps.
+
+    The second scaling matters: bilinear samples fall between the feature map's cells, so the
+    resized peak sits a little below 1, by up to a few percent for the 2x2 or 3x3 maps of small inputs.
+    """
+    resized = F.interpolate(_min_max(cams.float()).unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    return _min_max(resized[:, 0]).cpu().numpy()
 
 
 def single_pass_cam(model: nn.Module, x: torch.Tensor,
@@ -45,8 +52,9 @@ def single_pass_cam(model: nn.Module, x: torch.Tensor,
     """Logits and Grad-CAM maps from one forward pass, with no backward pass.
 
     With global average pooling and one linear layer, d logit_c / d A_k = w_ck / (h * w) at every
-    position, so Grad-CAM's channel weights are the class's weight row: the map is
-    ReLU(sum_k w_ck * A_k), up to a positive scale that the min-max normalisation removes.
+    position, so Grad-CAM's channel weights (the mean gradients) are the class's weight row over
+    h * w, and the map is ReLU(sum_k w_ck * A_k) / (h * w). The division only scales the map, but
+    keeping it makes the raw values Grad-CAM's own, so the 1e-7 guard of the normalisation acts alike.
     """
     head = linear_head(model)
     if head is None:
@@ -54,7 +62,7 @@ def single_pass_cam(model: nn.Module, x: torch.Tensor,
     with torch.inference_mode():
         features, logits = features_and_logits(model, x)
         index = logits.argmax(dim=1) if class_index is None else class_index.to(logits.device)
-        weights = head.weight[index].to(features.dtype)
+        weights = head.weight[index].to(features.dtype) / (features.shape[-2] * features.shape[-1])
         cams = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
     return logits.float(), normalise(cams, tuple(x.shape[-2:]))
 

@@ -1,0 +1,189 @@
+"""The Predictor: every PIL mode and size, top-k, batches, analyze's target, and preprocessing from config.json."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eurosat import hub
+from eurosat.cam import compute_cam
+from eurosat.inference import Predictor, cpu_threads
+from eurosat.model import build_model
+from eurosat.transforms import DataConfig
+
+
+@pytest.fixture(scope="module")
+def predictor(untrained_checkpoint) -> Predictor:
+    return Predictor(hub.load(str(untrained_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def tiles(mini_tensors) -> list[Image.Image]:
+    """Four real test tiles of different classes, as RGB PIL images."""
+    images, labels = mini_tensors["test"]
+    firsts = [int((labels == c).nonzero()[0]) for c in labels.unique()[:4]]
+    return [Image.fromarray(images[i].permute(1, 2, 0).numpy()) for i in firsts]
+
+
+def modes(tile: Image.Image) -> dict[str, Image.Image]:
+    """The tile in every mode a user's file can decode to."""
+    grey = tile.convert("L")
+    alpha = Image.linear_gradient("L").resize(tile.size)
+    palette = tile.quantize(16)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 0
+    return {
+        "RGB": tile, "RGBA": Image.merge("RGBA", (*tile.split(), alpha)), "L": grey, "P": palette,
+        "P+transparency": transparent, "I;16": Image.fromarray(np.asarray(grey, np.uint16) * 257),
+        "I": Image.fromarray(np.asarray(grey, np.int32) * 257),
+        "F": Image.fromarray(np.asarray(grey, np.float32) / 255), "CMYK": tile.convert("CMYK"),
+        "LA": Image.merge("LA", (grey, alpha)),
+    }
+
+
+def assert_ranking(top: dict[str, float], k: int, label_names: list[str]) -> None:
+    values = list(top.values())
+    assert len(top) == k and set(top) <= set(label_names)
+    assert values == sorted(values, reverse=True)
+    assert all(0 <= v <= 1 for v in values) and sum(values) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "P+transparency", "I;16", "I", "F", "CMYK", "LA"])
+def test_every_mode_gets_a_sorted_top_k(predictor, tiles, mode, label_names):
+    image = modes(tiles[0])[mode]
+    assert image.mode == mode.split("+")[0]
+    assert_ranking(predictor.predict(image, 3), 3, label_names)
+
+
+def test_modes_keep_the_meaning_of_their_pixels(predictor, tiles):
+    images = modes(tiles[0])
+    grey = predictor.inputs([images["L"]])
+    # 16- and 32-bit grey scale down (65535 -> 255): Pillow's own convert would clip them to white.
+    for mode in ("I;16", "I", "F"):
+        torch.testing.assert_close(predictor.inputs([images[mode]]), grey, rtol=0, atol=0)
+    white = predictor.inputs([Image.new("L", (64, 64), 255)])
+    torch.testing.assert_close(predictor.inputs([Image.new("I;16", (64, 64), 65535)]), white, rtol=0, atol=0)
+    # Transparent pixels become black, as Sentinel-2 no-data is.
+    rgba = np.asarray(tiles[0].convert("RGBA")).copy()
+    rgba[:, :32, 3] = 0
+    over_black = np.asarray(tiles[0]).copy()
+    over_black[:, :32] = 0
+    torch.testing.assert_close(predictor.inputs([Image.fromarray(rgba)]),
+                               predictor.inputs([Image.fromarray(over_black)]), rtol=0, atol=0)
+    transparent = images["P+transparency"]
+    expected = np.asarray(transparent.convert("RGB")).copy()
+    expected[np.asarray(transparent) == 0] = 0
+    assert (np.asarray(transparent) == 0).any()
+    torch.testing.assert_close(predictor.inputs([transparent]), predictor.inputs([Image.fromarray(expected)]),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (64, 64), (4000, 3000), (37, 100)], ids=str)
+def test_any_size_is_resized_to_the_input_size(predictor, size, label_names):
+    colour = (10, 200, 30)
+    x = predictor.inputs([Image.new("RGB", size, colour)])
+    assert x.shape == (1, 3, 64, 64)
+    # A flat colour stays that flat colour through every shrink and resize.
+    torch.testing.assert_close(x, predictor.inputs([Image.new("RGB", (64, 64), colour)]), rtol=0, atol=1e-5)
+    assert_ranking(predictor.predict(Image.new("RGB", size, colour), 4), 4, label_names)
+
+
+def test_k_is_clipped_to_the_classes(predictor, tiles, label_names):
+    assert len(predictor.predict(tiles[0], 0)) == 1
+    assert len(predictor.predict(tiles[0], -5)) == 1
+    everything = predictor.predict(tiles[0], 100)
+    assert set(everything) == set(label_names) and len(everything) == 10
+    assert sum(everything.values()) == pytest.approx(1, abs=1e-5)
+    assert list(predictor.predict(tiles[0], 3)) == list(everything)[:3]
+
+
+def test_labels_come_from_the_checkpoint(predictor, untrained_checkpoint, label_names):
+    saved = json.loads((untrained_checkpoint / "config.json").read_text())["label_names"]
+    assert predictor.label_names == saved == label_names
+
+
+def test_a_batch_equals_one_image_at_a_time(predictor, tiles):
+    images = [tiles[0], modes(tiles[1])["LA"], Image.new("RGB", (1, 1), (9, 99, 199)), tiles[2].resize((300, 120))]
+    batch = predictor.predict_batch(images, 5)
+    assert len(batch) == len(images)
+    for image, together in zip(images, batch):
+        alone = predictor.predict(image, 5)
+        assert list(together) == list(alone)
+        assert list(together.values()) == pytest.approx(list(alone.values()), abs=1e-5)
+    assert len({tuple(b) for b in batch}) > 1, "different tiles get different rankings"
+
+
+def test_analyze_draws_the_top1_class_by_default(predictor, tiles):
+    differ = 0
+    for tile in tiles:
+        analysis = predictor.analyze(tile)
+        ranking = predictor.predict(tile, 10)
+        assert analysis.target == next(iter(ranking)) and analysis.method == "GradCAM"
+        assert list(analysis.probabilities) == list(ranking)
+        assert list(analysis.probabilities.values()) == pytest.approx(list(ranking.values()), abs=1e-5)
+        assert analysis.top(2) == dict(list(analysis.probabilities.items())[:2])
+        first, second = (torch.tensor([predictor.label_names.index(name)]) for name in list(ranking)[:2])
+        x = predictor.inputs([tile])
+        top1_map, second_map = (compute_cam(predictor.model, x, "GradCAM", i)[1][0] for i in (first, second))
+        assert analysis.heatmap.shape == (64, 64)
+        np.testing.assert_allclose(analysis.heatmap, top1_map, atol=1e-6)
+        differ += np.abs(top1_map - second_map).max() > 0.1
+    assert differ, "on some tile the two best classes' maps differ, so the comparison above can fail"
+
+
+def test_analyze_honours_a_chosen_class(predictor, tiles):
+    default = predictor.analyze(tiles[1])
+    x = predictor.inputs([tiles[1]])
+    maps = set()
+    for index, name in enumerate(predictor.label_names):
+        chosen = predictor.analyze(tiles[1], target=name)
+        assert chosen.target == name and chosen.probabilities == pytest.approx(default.probabilities, abs=1e-6)
+        _, expected = compute_cam(predictor.model, x, "GradCAM", torch.tensor([index]))
+        np.testing.assert_allclose(chosen.heatmap, expected[0], atol=1e-6)
+        maps.add(chosen.heatmap.tobytes())
+    assert len(maps) >= 2, "the chosen class really changes the map"
+
+
+def test_an_unknown_class_is_named_with_the_choices(predictor, tiles, label_names):
+    with pytest.raises(ValueError) as error:
+        predictor.analyze(tiles[0], target="Moon")
+    assert str(error.value) == f"Unknown class 'Moon'; choose one of: {', '.join(label_names)}"
+
+
+def test_preprocessing_comes_from_config_json(tmp_path, label_names):
+    torch.manual_seed(0)
+    model = build_model("test_resnet", len(label_names)).eval()
+    config = DataConfig((32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bilinear")
+    served = Predictor(hub.load(str(hub.save(model, tmp_path / "small", label_names=label_names,
+                                              data_config=config))))
+    assert served.data_config == config
+    x = served.inputs([Image.new("RGB", (64, 64), (51, 102, 204))])
+    assert x.shape == (1, 3, 32, 32)
+    expected = (torch.tensor([51, 102, 204]) / 255 - 0.5) / 0.25
+    torch.testing.assert_close(x[0, :, 5, 7], expected, rtol=0, atol=1e-6)
+    assert served.analyze(Image.new("RGB", (64, 64), (51, 102, 204))).heatmap.shape == (32, 32)
+
+
+def test_memory_format_and_warmup_change_no_result(untrained_checkpoint, tiles):
+    contiguous = Predictor(hub.load(str(untrained_checkpoint)), channels_last=False)
+    channels_last = Predictor(hub.load(str(untrained_checkpoint)), channels_last=True)
+    before = contiguous.analyze(tiles[1], target=contiguous.label_names[3])
+    channels_last.warmup()
+    after = channels_last.analyze(tiles[1], target=contiguous.label_names[3])
+    assert list(after.probabilities) == list(before.probabilities)
+    assert list(after.probabilities.values()) == pytest.approx(list(before.probabilities.values()), abs=1e-5)
+    np.testing.assert_allclose(after.heatmap, before.heatmap, atol=1e-4)
+    assert not channels_last.model.training
+
+
+def test_cpu_threads_share_the_quota_between_concurrent_requests(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # a host's cores, all visible
+    quota = tmp_path / "cpu.max"
+    quota.write_text("200000 100000\n")  # a 2-vCPU container
+    assert [cpu_threads(n, cgroup=quota) for n in (1, 2, 4)] == [2, 1, 1]
+    quota.write_text("max 100000\n")
+    assert [cpu_threads(n, cgroup=quota) for n in (1, 2, 3)] == [16, 8, 5]
+    assert cpu_threads(cgroup=tmp_path / "absent") == 16
