@@ -84,8 +84,9 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     predictor = Predictor(checkpoint, device=config.device)
     loaded = time.perf_counter()
     predictor.warmup()
-    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms", config.model, checkpoint.architecture,
-             len(predictor.label_names), config.device, loaded - start, (time.perf_counter() - loaded) * 1000)
+    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout", config.model,
+             checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
+             (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous")
     return predictor, None
 
 

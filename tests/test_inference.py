@@ -179,6 +179,23 @@ def test_memory_format_and_warmup_change_no_result(untrained_checkpoint, tiles):
     assert not channels_last.model.training
 
 
+@pytest.mark.parametrize("slow_layout", [True, False])
+def test_warmup_keeps_the_faster_memory_layout(untrained_checkpoint, tiles, slow_layout):
+    predictor = Predictor(hub.load(str(untrained_checkpoint)), channels_last=slow_layout)
+    ticks = iter(range(1000))
+
+    def clock() -> float:
+        """Each timed call of the slow layout seems to take 10 s; of the other, 1 s."""
+        return 0.0 if next(ticks) % 2 == 0 else (10.0 if predictor.channels_last == slow_layout else 1.0)
+
+    assert predictor.warmup(rounds=2, clock=clock) == {slow_layout: 20.0, not slow_layout: 2.0}
+    assert predictor.channels_last is (not slow_layout)
+    conv = next(p for p in predictor.model.parameters() if p.dim() == 4)  # the stem's 3x3 or 7x7 kernel
+    layout = torch.channels_last if predictor.channels_last else torch.contiguous_format
+    assert conv.is_contiguous(memory_format=layout)
+    assert predictor.inputs(tiles[:1]).is_contiguous(memory_format=layout)
+
+
 def test_cpu_threads_share_the_quota_between_concurrent_requests(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))  # a host's cores, all visible
     quota = tmp_path / "cpu.max"
