@@ -1,0 +1,60 @@
+"""The benchmark commands: their statistics, their verdicts, and short runs that write real results."""
+
+import json
+
+import pytest
+
+from eurosat import bench, pipebench
+
+
+def test_summary_uses_nearest_rank_percentiles():
+    seconds = [i / 1000 for i in range(1, 21)]  # 1 .. 20 ms
+    assert bench.summary(seconds) == {"n": 20, "median_ms": 10.5, "p10_ms": 2.0, "p90_ms": 18.0, "p95_ms": 19.0}
+
+
+def test_paired_ratio_compares_calls_of_the_same_round():
+    # The load doubles half way; per-round ratios stay at 2 where a ratio of medians would not.
+    times = {"slow": [0.2, 0.2, 0.4, 0.4, 0.4], "fast": [0.1, 0.1, 0.2, 0.2, 0.2]}
+    assert bench.paired_ratio(times, "slow", "fast") == 2.0
+
+
+def quick_results(ours: float, baseline: float) -> dict:
+    return {"in_process": {"ratios": {"ours / forward": ours, "ours_with_overlay / forward": ours,
+                                      "baseline / ours": baseline, "baseline / ours_with_overlay": baseline}}}
+
+
+def test_verdicts_flag_each_missed_target():
+    held = bench.verdicts(quick_results(1.1, 4.0))
+    assert [v["holds"] for v in held] == [True] * 4
+    missed = bench.verdicts(quick_results(1.4, 2.5))
+    assert [v["holds"] for v in missed] == [False] * 4
+    assert missed[0]["measured"] == 1.4 and missed[0]["bar"] == "<= 1.3"
+
+
+def test_quick_in_process_run_writes_json_and_markdown(tmp_path):
+    """A tiny served model at 32 px against the torchvision baseline: files, spans and ratios agree."""
+    results = bench.main(["--quick", "--no-app", "--arch", "test_resnet", "--size", "32", "--rounds", "3",
+                          "--threads", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["verdicts"] == results["verdicts"]
+    spans = saved["in_process"]["spans"]
+    assert {"forward", "ours", "ours_with_overlay", "baseline", "forward_torchvision"} <= spans.keys()
+    assert all(s["n"] == 3 for s in spans.values())
+    assert saved["in_process"]["ratios"]["baseline / ours"] > 0
+    assert saved["end_to_end_skipped"] == "--no-app"
+    markdown = (tmp_path / "BENCHMARK.md").read_text()
+    assert "A --quick run" in markdown and "The end-to-end part was skipped (--no-app)" in markdown
+    assert markdown.count("| yes |") + markdown.count("| **no** |") == len(saved["verdicts"])
+
+
+def test_pipeline_benchmark_feeds_both_pipelines_the_same_images(tmp_path, mini_source):
+    out = tmp_path / "pipeline.json"
+    results = pipebench.main(["--dataset", mini_source, "--limit", "64", "--model", "test_resnet", "--size", "32",
+                              "--batch-size", "8", "--workers", "0", "--pipeline-batches", "2",
+                              "--train-steps", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    assert results["images"] == 64
+    assert results["settings"]["size"] == 32
+    assert set(results["pipeline_images_per_s"]) == {"ours", "baseline"}
+    assert results["pipeline_speedup"] == pytest.approx(
+        results["pipeline_images_per_s"]["ours"] / results["pipeline_images_per_s"]["baseline"], rel=0.02)
