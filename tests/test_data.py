@@ -161,24 +161,26 @@ def test_a_missing_folder(tmp_path):
     assert str(err.value).startswith(f"Could not load dataset {source!r}: FileNotFoundError")
 
 
-def test_a_source_without_an_image_column(tmp_path, mini_dict):
-    splits = {n: mini_dict[n].select(range(10)).remove_columns("image") for n in ("train", "test")}
-    source = write_source(tmp_path, splits)
-    with pytest.raises(DatasetError) as err:
-        load_splits(source)
-    assert str(err.value) == (f"Dataset {source!r} has no image column (a datasets.Image feature); "
-                              "its columns are: label, image_id")
+def drop_image(ds):
+    return ds.remove_columns("image")
 
 
-def test_a_source_whose_labels_are_plain_integers(tmp_path, mini_dict):
+def plain_int_labels(ds):
     import datasets
 
-    splits = {n: mini_dict[n].select(range(10)).cast_column("label", datasets.Value("int64")) for n in ("train", "test")}
-    source = write_source(tmp_path, splits)
+    return ds.cast_column("label", datasets.Value("int64"))
+
+
+@pytest.mark.parametrize("damage, missing", [
+    (drop_image, "no image column (a datasets.Image feature); its columns are: label, image_id"),
+    (plain_int_labels, "no label column (a datasets.ClassLabel feature with the class names); "
+                       "its columns are: image, label, image_id"),
+], ids=["no image column", "labels are plain integers"])
+def test_a_source_without_the_needed_columns(tmp_path, mini_dict, damage, missing):
+    source = write_source(tmp_path, {n: damage(mini_dict[n].select(range(10))) for n in ("train", "test")})
     with pytest.raises(DatasetError) as err:
         load_splits(source)
-    assert str(err.value) == (f"Dataset {source!r} has no label column (a datasets.ClassLabel feature with the class "
-                              "names); its columns are: image, label, image_id")
+    assert str(err.value) == f"Dataset {source!r} has {missing}"
 
 
 def test_a_source_without_a_test_split(tmp_path, mini_dict):
