@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,6 +40,11 @@ class Checkpoint:
     @property
     def architecture(self) -> str:
         return self.config.get("architecture", "")
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax; fitted on validation by train.py, 1.0 when absent."""
+        return float(self.config.get("temperature", 1.0))
 
 
 def save(model: nn.Module, directory: str | os.PathLike, *, label_names: list[str], data_config: DataConfig,
@@ -159,6 +165,10 @@ def read_config(folder: Path) -> dict[str, Any]:
             "Re-save the checkpoint with one name per output.")
     if "input_size" not in config.get("pretrained_cfg", {}):
         raise CheckpointError(f"{path} has no pretrained_cfg.input_size, so the preprocessing is unknown.")
+    temperature = config.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise CheckpointError(f"{path} has temperature {temperature!r}; it must be a positive number "
+                              "(or absent, meaning 1.0).")
     return config
 
 

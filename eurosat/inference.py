@@ -66,6 +66,7 @@ class Predictor:
         self.label_names = list(checkpoint.label_names)
         self.data_config = checkpoint.data_config
         self.source = checkpoint.source
+        self.temperature = checkpoint.temperature
         self.model = checkpoint.model.eval().to(self.device)
         self.use_channels_last(channels_last)
         self._to_input = eval_transform(self.data_config)
@@ -83,7 +84,7 @@ class Predictor:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(x).float().softmax(dim=1)
+            return (self.model(x).float() / self.temperature).softmax(dim=1)
 
     def predict(self, image: Image.Image, k: int = 5) -> dict[str, float]:
         """Top-k {label: probability} for one image, highest first."""
@@ -128,5 +129,5 @@ class Predictor:
         """Probabilities and the heatmap of `target` (default: the top-1 class) from one CAM pass."""
         index = None if target is None else torch.tensor([self.class_index(target)])
         logits, maps = compute_cam(self.model, self.inputs([image]), method, index)
-        probs = ranked(logits[0].softmax(dim=0), self.label_names)
+        probs = ranked((logits[0] / self.temperature).softmax(dim=0), self.label_names)
         return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=maps[0])

@@ -396,6 +396,9 @@ def _results_section(metrics: dict, run_info: dict, label_names: Sequence[str]) 
         rows.append(("Top-5 accuracy", _pct(metrics["top5"])))
     rows.append(("Macro F1", f"{metrics['macro_f1']:.4f}"))
     rows.append((f"Expected calibration error ({metrics.get('ece_bins', ECE_BINS)} bins)", f"{metrics['ece']:.4f}"))
+    if "ece_uncalibrated" in metrics:
+        rows.append((f"The same before temperature scaling (T = {metrics['temperature']:g}, fitted on validation)",
+                     f"{metrics['ece_uncalibrated']:.4f}"))
     if "nll" in metrics:
         rows.append(("Negative log-likelihood", f"{metrics['nll']:.4f}"))
     rows.append(("Images scored", f"{metrics['num_images']:,}"))
@@ -460,7 +463,7 @@ def _training_section(run_info: dict) -> str:
     return f"## Training\n\n{intro}\n\n| Setting | Value |\n|---|---|\n{table}\n"
 
 
-def _usage_section(repo: str) -> str:
+def _usage_section(repo: str, temperature: float) -> str:
     return f"""## How to use
 
 With timm (the weights are `model.safetensors`; the class names and preprocessing come from `config.json`):
@@ -476,8 +479,9 @@ transform = timm.data.create_transform(**timm.data.resolve_model_data_config(mod
 labels = model.pretrained_cfg["label_names"]
 
 image = Image.open("tile.png").convert("RGB")  # a 64x64 Sentinel-2 RGB tile
+temperature = {temperature:g}  # config.json's "temperature", fitted on validation: calibrated probabilities
 with torch.inference_mode():
-    probs = model(transform(image).unsqueeze(0)).softmax(dim=-1)[0]
+    probs = (model(transform(image).unsqueeze(0)) / temperature).softmax(dim=-1)[0]
 for p, i in zip(*probs.topk(3)):
     print(f"{{labels[i]}}: {{p:.1%}}")
 ```
@@ -515,7 +519,7 @@ Top-1 accuracy {_pct(metrics['top1'])} and macro F1 {metrics['macro_f1']:.4f} on
 images of the `{run_info.get('split') or 'test'}` split.
 
 {_results_section(metrics, run_info, label_names)}
-{_usage_section(repo)}
+{_usage_section(repo, metrics.get('temperature', 1.0))}
 {_training_section(run_info)}
 ## Limitations
 

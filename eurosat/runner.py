@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hub
+from .calibration import fit_temperature
 from .config import TrainConfig
 from .data import decode_split, load_splits, subsample
 from .engine import (Runtime, evaluate, make_optimizer, make_scheduler, predict, resolve_runtime,
@@ -142,7 +143,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
             + (" | best" if improved else ""))
         _barrier(runtime)
 
-    return finish(cfg, out, run, tensors["test"], labels, runtime, log,
+    return finish(cfg, out, run, tensors["validation"], tensors["test"], labels, runtime, log,
                   wall_seconds=wall_before + time.perf_counter() - started)
 
 
@@ -167,10 +168,23 @@ def _barrier(runtime: Runtime) -> None:
         torch.distributed.barrier()
 
 
-def finish(cfg: TrainConfig, out: Path, run: dict, test: tuple[torch.Tensor, torch.Tensor], labels: list[str],
-           runtime: Runtime, log: Callable[[str], None], wall_seconds: float) -> dict[str, Any]:
-    """Score the best checkpoint, read back from disk exactly as `evaluate` would, and write the report."""
+def finish(cfg: TrainConfig, out: Path, run: dict, validation: tuple[torch.Tensor, torch.Tensor],
+           test: tuple[torch.Tensor, torch.Tensor], labels: list[str], runtime: Runtime, log: Callable[[str], None],
+           wall_seconds: float) -> dict[str, Any]:
+    """Calibrate the best checkpoint on validation, then score it and write the report.
+
+    The checkpoint is read back from disk, exactly as `evaluate` would read it.
+    """
     checkpoint = hub.load(str(out), device=runtime.device)
+    # Label smoothing teaches the network to hedge: one temperature fitted on validation undoes that
+    # without changing a single prediction, so the probabilities the app shows mean what they say.
+    val_probs = predict(checkpoint.model, validation[0], transform=eval_transform(checkpoint.data_config),
+                        runtime=runtime)
+    checkpoint.config["temperature"] = fit_temperature(val_probs.clamp_min(1e-30).log(), validation[1])
+    if runtime.is_main:
+        hub.save(checkpoint.model, out, label_names=labels, data_config=checkpoint.data_config,
+                 extra_config={"train_config": cfg.to_dict(), "temperature": checkpoint.temperature})
+    _barrier(runtime)
     run_info = {
         "dataset": cfg.dataset, "split": "test", "model": cfg.model, "model_args": cfg.model_args,
         "pretrained": cfg.pretrained, "preset": cfg.preset, "epochs": cfg.epochs, "best_epoch": run["best_epoch"],
@@ -198,12 +212,19 @@ def score(checkpoint: hub.Checkpoint, images: torch.Tensor, labels: torch.Tensor
     to_input = eval_transform(checkpoint.data_config)
     model = checkpoint.model.to(memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     start = time.perf_counter()
-    probs = predict(model, images, transform=to_input, runtime=runtime)
+    temperature = checkpoint.temperature
+    probs = predict(model, images, transform=to_input, runtime=runtime, temperature=temperature)
     seconds = time.perf_counter() - start
     metrics = report.classification_metrics(probs.numpy(), labels.numpy(), checkpoint.label_names)
-    metrics.update(eval_seconds=seconds, eval_images_per_s=len(labels) / max(seconds, 1e-9))
+    # softmax(T * log p_T) is the softmax of the raw logits: the calibration's gain, without a second pass.
+    uncalibrated = (probs.clamp_min(1e-30).log() * temperature).softmax(dim=1)
+    ece_uncalibrated = report.expected_calibration_error(
+        uncalibrated.max(dim=1).values.double().numpy(), (uncalibrated.argmax(dim=1) == labels).numpy(),
+        metrics["ece_bins"])
+    metrics.update(temperature=temperature, ece_uncalibrated=ece_uncalibrated, eval_seconds=seconds,
+                   eval_images_per_s=len(labels) / max(seconds, 1e-9))
     if tta:
-        tta_probs = predict(model, images, transform=to_input, runtime=runtime, tta=True)
+        tta_probs = predict(model, images, transform=to_input, runtime=runtime, tta=True, temperature=temperature)
         metrics["top1_tta"] = (tta_probs.argmax(1) == labels).double().mean().item()
     if out is not None:
         report.write_report(out, metrics=metrics, run_info=run_info, label_names=checkpoint.label_names,

@@ -211,6 +211,8 @@ def _binary(folder):
     (lambda f: edit_config(f, label_names=list("abcdefghi")),
      "config.json is inconsistent: num_classes is 10 but there are 9 label_names"),
     (lambda f: edit_config(f, pretrained_cfg={"mean": [0.5] * 3}), "config.json has no pretrained_cfg.input_size"),
+    (lambda f: edit_config(f, temperature=0), "config.json has temperature 0; it must be a positive number"),
+    (lambda f: edit_config(f, temperature="warm"), "config.json has temperature 'warm'; it must be a positive"),
     (lambda f: edit_config(f, architecture="no_such_architecture"),
      "config.json describes a model timm cannot build"),
 ])

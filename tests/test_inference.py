@@ -167,6 +167,26 @@ def test_preprocessing_comes_from_config_json(tmp_path, label_names):
     assert served.analyze(Image.new("RGB", (64, 64), (51, 102, 204))).heatmap.shape == (32, 32)
 
 
+def test_the_temperature_in_config_json_softens_every_probability(tmp_path, label_names, tiles):
+    torch.manual_seed(0)
+    model = build_model("test_resnet", len(label_names)).eval()
+    config = DataConfig((32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    plain = Predictor(hub.load(str(hub.save(model, tmp_path / "plain", label_names=label_names, data_config=config))))
+    warm = Predictor(hub.load(str(hub.save(model, tmp_path / "warm", label_names=label_names, data_config=config,
+                                           extra_config={"temperature": 2.5}))))
+    assert (plain.temperature, warm.temperature) == (1.0, 2.5)
+    x = plain.inputs(tiles)
+    with torch.inference_mode():
+        logits = model(x)
+    torch.testing.assert_close(warm.probabilities(x), (logits / 2.5).softmax(dim=1))
+    # The order, and so every label, stays; only the confidence changes.
+    for image in tiles:
+        hot, cool = plain.analyze(image), warm.analyze(image)
+        assert list(cool.probabilities) == list(hot.probabilities)
+        assert max(cool.probabilities.values()) < max(hot.probabilities.values())
+        np.testing.assert_allclose(cool.heatmap, hot.heatmap)
+
+
 def test_memory_format_and_warmup_change_no_result(untrained_checkpoint, tiles):
     contiguous = Predictor(hub.load(str(untrained_checkpoint)), channels_last=False)
     channels_last = Predictor(hub.load(str(untrained_checkpoint)), channels_last=True)

@@ -55,6 +55,9 @@ def test_one_epoch_run_writes_every_report_file(one_epoch_run):
     assert [json.loads(line)["epoch"] for line in (one_epoch_run / "log.jsonl").read_text().splitlines()] == [1]
     config = json.loads((one_epoch_run / "config.json").read_text())
     assert config["train_config"]["epochs"] == 1 and config["architecture"] == "test_resnet"
+    # Calibrated on validation: the served temperature is the one the report was scored with.
+    assert 0.05 < config["temperature"] == metrics["temperature"] < 20
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_uncalibrated"] <= 1
     card = (one_epoch_run / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: timm" in card
 
