@@ -154,18 +154,25 @@ class LoadMeter:
 
 # The two pipelines.
 
+def seed_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The seed's per-image preprocessing: torchvision Resize((size, size)), ToTensor, Normalize."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
+
+
 class Baseline:
     """The pipeline this project started from, kept here as the yardstick and nowhere else."""
 
     def __init__(self, num_classes: int, size: int, device: torch.device):
-        from torchvision import models, transforms
+        from torchvision import models
 
         self.device = device
         self.model = models.resnet50(weights=None)
         self.model.fc = nn.Linear(self.model.fc.in_features, num_classes)
         self.model.eval().to(device)
-        self.transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.transform = seed_transform(size)
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
         """Probabilities and the top-1 class's GradCAM heatmap, the seed's way: two passes and a backward."""

@@ -12,6 +12,11 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
 
+def calibrated_softmax(logits: torch.Tensor, temperature: float, dim: int = -1) -> torch.Tensor:
+    """softmax(logits / T) in float32: the probabilities that evaluation, the report and the app show."""
+    return (logits.float() / temperature).softmax(dim=dim)
+
+
 def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor, *, iterations: int = 60) -> float:
     """The T minimising the cross-entropy of softmax(log_probs / T) on a labelled set.
 

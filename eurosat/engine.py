@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import calibrated_softmax
 from .transforms import Transform, dihedral
 
 
@@ -147,7 +148,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, transform: Transform, run
             batch_size: int = 256, tta: bool = False, temperature: float = 1.0) -> torch.Tensor:
     """Class probabilities (N, C) on the CPU for uint8 images; with `tta`, averaged over the 8 D4 views.
 
-    The logits are divided by `temperature` before the softmax (see calibration.py).
+    The logits are divided by `temperature` before the softmax (`calibration.calibrated_softmax`).
 
     Under DDP each rank scores a strided share and the shares are gathered, so every rank returns
     the probabilities of all N images in their original order.
@@ -165,7 +166,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, transform: Transform, run
                 view = dihedral(batch, torch.full((len(batch),), code)) if code else batch
                 with runtime.autocast():
                     logits = model(runtime.to_input(transform(view)))
-                probs = probs + (logits.float() / temperature).softmax(dim=1)
+                probs = probs + calibrated_softmax(logits, temperature, dim=1)
             chunks.append(probs / len(views))
     local = torch.cat(chunks) if chunks else torch.empty(0, device=runtime.device)
     if not runtime.distributed:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .calibration import calibrated_softmax
 from .cam import DEFAULT_METHOD, compute_cam
 from .hub import Checkpoint
 from .imaging import to_tensor
@@ -84,7 +85,7 @@ class Predictor:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return (self.model(x).float() / self.temperature).softmax(dim=1)
+            return calibrated_softmax(self.model(x), self.temperature, dim=1)
 
     def predict(self, image: Image.Image, k: int = 5) -> dict[str, float]:
         """Top-k {label: probability} for one image, highest first."""
@@ -129,5 +130,5 @@ class Predictor:
         """Probabilities and the heatmap of `target` (default: the top-1 class) from one CAM pass."""
         index = None if target is None else torch.tensor([self.class_index(target)])
         logits, maps = compute_cam(self.model, self.inputs([image]), method, index)
-        probs = ranked((logits[0] / self.temperature).softmax(dim=0), self.label_names)
+        probs = ranked(calibrated_softmax(logits[0], self.temperature), self.label_names)
         return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=maps[0])

@@ -58,13 +58,11 @@ def jpeg_bytes(ds, image_column: str) -> list[bytes]:
 def baseline_batches(encoded: list[bytes], labels: torch.Tensor, size: int, batch_size: int, workers: int,
                      mean, std) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches from the per-image pipeline."""
-    from torchvision import transforms
+    from .bench import seed_transform
 
-    transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                    transforms.Normalize(mean, std)])
-    loader = torch.utils.data.DataLoader(_JpegTiles(encoded, labels, transform), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(_JpegTiles(encoded, labels, seed_transform(size, mean, std)),
+                                         batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
     while True:
         yield from loader
 
