@@ -1,7 +1,7 @@
-"""Serve the EuroSAT demo page and its API (Hugging Face Spaces run this file).
+"""Serve the EuroSAT demo page, its API and its MCP tools (Hugging Face Spaces run this file).
 
-    python app.py                          # the default Hub model, or $EUROSAT_MODEL
-    python app.py --model runs/quick       # a local checkpoint folder written by train.py
+    python app.py                          # $EUROSAT_MODEL, else the bundled model in models/
+    python app.py --model runs/cpu         # a local checkpoint folder written by train.py
     python app.py --model owner/name@v1    # a Hub model at a revision
 """
 
@@ -15,22 +15,28 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eurosat.config import DEFAULT_MODEL_ID, ENV_MODEL, ENV_OPENAI_KEY, ENV_OPENAI_MODEL, AppConfig
+from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig, add_flags, from_flags
 
 if TYPE_CHECKING:  # torch and gradio load when the app starts, not when this file is imported
     import gradio as gr
 
+    from eurosat.budget import Limits
+
     from eurosat.inference import Predictor
 
-EXAMPLES = Path(__file__).resolve().with_name("examples")
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE / "examples"
+BUNDLED = HERE / BUNDLED_MODEL
 
 log = logging.getLogger("app")
 
 
 def parser() -> argparse.ArgumentParser:
-    defaults = AppConfig()
+    from eurosat.budget import ENV_CLIENT_LIMIT, ENV_DAILY_LIMIT, ENV_TRUSTED_PROXIES
+    from eurosat.llm import ENV_OPENAI_KEY, ENV_OPENAI_MODEL
+
     p = argparse.ArgumentParser(
-        prog="app.py", description="Serve the EuroSAT land-cover page and its API (/predict, /gradcam, /gpt4o).",
+        prog="app.py", description="Serve the EuroSAT land-cover page, its API and its MCP tools.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "environment:\n"
@@ -40,31 +46,18 @@ def parser() -> argparse.ArgumentParser:
             f"  {ENV_OPENAI_KEY}         turns on the GPT-4o tab for every visitor (a Space secret)\n"
             f"  {ENV_OPENAI_MODEL}           the OpenAI model of that tab (default gpt-4o)\n"
             "  OPENAI_BASE_URL        another OpenAI-compatible server\n"
+            f"  {ENV_CLIENT_LIMIT}, {ENV_DAILY_LIMIT}\n"
+            "                         calls on the server's OpenAI key per client per hour, and per day in all\n"
+            f"  {ENV_TRUSTED_PROXIES}  proxies in front of the app that append to X-Forwarded-For\n"
             "  HF_TOKEN, HF_HUB_OFFLINE  private Hub models; use only the local Hugging Face cache"))
-    p.add_argument("--model", help=f"checkpoint folder, or Hub id owner/name[@revision] "
-                                   f"(default: ${ENV_MODEL}, else {DEFAULT_MODEL_ID})")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
-                   help=f"where the model runs; auto picks cuda when there is a GPU (default {defaults.device})")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads per request (default: the usable CPUs shared by the concurrent requests)")
-    p.add_argument("--concurrency-limit", type=int, default=defaults.concurrency_limit,
-                   help=f"requests that run the model at the same time (default {defaults.concurrency_limit})")
-    p.add_argument("--max-queue-size", type=int, default=defaults.max_queue_size,
-                   help=f"waiting requests before new ones are refused (default {defaults.max_queue_size})")
-    p.add_argument("--max-file-size", default=defaults.max_file_size,
-                   help=f"largest upload, e.g. 5mb (default {defaults.max_file_size})")
-    p.add_argument("--examples", default=str(EXAMPLES),
-                   help="folder of example tiles for the gallery (default: examples/ beside app.py)")
+    add_flags(p, AppConfig)
     return p
 
 
 def parse_config(argv: list[str] | None = None) -> AppConfig:
     """The AppConfig of a command line; the environment is read here, at call time."""
-    args = parser().parse_args(argv)
-    return AppConfig(
-        model=args.model or os.environ.get(ENV_MODEL, "").strip() or DEFAULT_MODEL_ID,
-        device=args.device, threads=args.threads, concurrency_limit=args.concurrency_limit,
-        max_queue_size=args.max_queue_size, max_file_size=args.max_file_size, examples_dir=args.examples)
+    return from_flags(AppConfig, parser().parse_args(argv),
+                      model=os.environ.get(ENV_MODEL, "").strip() or str(BUNDLED), examples_dir=str(EXAMPLES))
 
 
 def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
@@ -81,19 +74,22 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     except Exception as e:  # a failure nobody foresaw must still leave a page that says what happened
         log.exception("loading %s failed", config.model)
         return None, f"Loading {config.model!r} failed unexpectedly ({type(e).__name__}); see the server log."
-    predictor = Predictor(checkpoint, device=config.device)
+    predictor = Predictor(checkpoint, device=config.device, tta=checkpoint.tta if config.tta is None else config.tta,
+                          cam_copies=config.concurrency_limit)
     loaded = time.perf_counter()
     predictor.warmup()
-    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout", config.model,
-             checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
-             (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous")
+    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout, TTA %s",
+             config.model, checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
+             (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous",
+             "on" if predictor.tta else "off")
     return predictor, None
 
 
-def build(config: AppConfig) -> gr.Blocks:
+def build(config: AppConfig, limits: Limits | None = None) -> gr.Blocks:
     """The demo for `config`, its queue sized for it: the model is loaded here, once."""
     import torch
 
+    from eurosat.budget import Budget, Limits
     from eurosat.engine import resolve_device
     from eurosat.inference import cpu_threads
     from eurosat.ui import build_demo
@@ -101,7 +97,8 @@ def build(config: AppConfig) -> gr.Blocks:
     config = dataclasses.replace(config, device=resolve_device(config.device))
     torch.set_num_threads(config.threads or cpu_threads(config.concurrency_limit))
     predictor, error = load_predictor(config)
-    demo = build_demo(predictor, config=config, load_error=error)
+    budget = Budget(limits or Limits.from_env())
+    demo = build_demo(predictor, config=config, load_error=error, budget=budget)
     return demo.queue(default_concurrency_limit=config.concurrency_limit, max_size=config.max_queue_size)
 
 
@@ -110,14 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
+    from eurosat.budget import Limits
     from eurosat.engine import resolve_device
     from eurosat.ui import launch_kwargs
 
     try:
         config = dataclasses.replace(config, device=resolve_device(config.device))
+        limits = Limits.from_env()  # a typo in a limit stops the app here, not at the first visitor
     except ValueError as e:
         parser().error(str(e))
-    demo = build(config)
+    demo = build(config, limits)
     # `gradio app.py` (reload mode) looks for the launched demo under the name `demo`.
     globals()["demo"] = demo
     demo.launch(**launch_kwargs(config))

@@ -1,8 +1,8 @@
-"""Fine-tune a timm model on EuroSAT RGB, write the evaluation report, optionally push to the Hub.
+"""Train on EuroSAT RGB, write the evaluation report, optionally push to the Hub.
 
-    python train.py --preset cpu-quick --dataset ../shared/eurosat-rgb --output-dir runs/quick
-    python train.py evaluate --model runs/quick --dataset ../shared/eurosat-rgb
-    python train.py push runs/quick owner/name
+    python train.py --preset cpu --dataset ../shared/eurosat-rgb --output-dir runs/cpu
+    python train.py evaluate --model runs/cpu --dataset ../shared/eurosat-rgb
+    python train.py push runs/cpu owner/name
     torchrun --nproc_per_node=2 train.py --preset gpu ...
 """
 
@@ -12,85 +12,68 @@ import argparse
 import logging
 import sys
 
-from eurosat.config import DEFAULT_DATASET, PRESETS, TrainConfig, make_train_config
+from eurosat.config import DEFAULT_DATASET, PRESETS, TrainConfig, add_flags, make_train_config
+
+COMMANDS = ("fit", "evaluate", "push")
 
 
-def train_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train.py", description="Train on EuroSAT RGB. Subcommands: `evaluate` (score a checkpoint), "
-        "`push` (upload a run folder). Flags given here override the preset's values.")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a recipe from eurosat/config.py")
-    p.add_argument("--dataset", help=f"Hub dataset id or local folder (default {defaults.dataset})")
-    p.add_argument("--model", help=f"timm model name (default {defaults.model})")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from ImageNet weights (default: yes, except in cpu-quick)")
-    p.add_argument("--img-size", type=int, help="input size the tiles are resized to")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--output-dir", help=f"run folder: checkpoint + report (default {defaults.output_dir})")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output-dir")
-    p.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the run folder when training ends")
-    p.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
-    p.add_argument("--max-train-samples", type=int, help="stratified subset of train, for quick trials")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="also report test accuracy with the 8 flips/rotations averaged")
+        prog="train.py", description="Train on EuroSAT RGB, score checkpoints, upload them. Without a command, "
+        "`fit` is meant.")
+    commands = p.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="train a model and write its report (flags override the preset)")
+    add_flags(fit, TrainConfig, preset=sorted(PRESETS))
+    ev = commands.add_parser("evaluate", help="score a checkpoint on a split and write the report")
+    ev.add_argument("--model", required=True, help="checkpoint folder or Hub id (owner/name[@revision])")
+    ev.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id or local folder")
+    ev.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                    help="the split to score; train and validation are the ones the checkpoint was trained with")
+    ev.add_argument("--output-dir", default="runs/evaluate")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="also score the 8-view mean (default: as the checkpoint is served)")
+    push = commands.add_parser("push", help="upload a run folder to the Hugging Face Hub")
+    push.add_argument("output_dir", help="the run folder written by train.py")
+    push.add_argument("repo_id", help="owner/name")
+    push.add_argument("--private", action="store_true")
     return p
 
 
-def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py evaluate", description="Score a checkpoint and write the report.")
-    p.add_argument("--model", required=True, help="checkpoint folder or Hub id (owner/name[@revision])")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id or local folder")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--output-dir", default="runs/evaluate")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
-    return p
-
-
-def push_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py push", description="Upload a run folder to the Hugging Face Hub.")
-    p.add_argument("output_dir", help="the run folder written by train.py")
-    p.add_argument("repo_id", help="owner/name")
-    p.add_argument("--private", action="store_true")
-    return p
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["fit", *argv]
+    return parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.command_line = " ".join(["python train.py", *argv])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from eurosat.data import DatasetError
-    from eurosat.hub import CheckpointError, PushError
+    from eurosat.hub import CheckpointError
+    from eurosat.publish import PushError
     from eurosat.runner import RunError
     from eurosat.trainstate import StateError
 
     try:
-        if argv[:1] == ["evaluate"]:
-            return run_evaluate(evaluate_parser().parse_args(argv[1:]))
-        if argv[:1] == ["push"]:
-            return run_push(push_parser().parse_args(argv[1:]))
-        return run_train(train_parser().parse_args(argv))
+        return {"fit": run_fit, "evaluate": run_evaluate, "push": run_push}[args.command](args)
     except (DatasetError, CheckpointError, PushError, RunError, StateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_fit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from eurosat.engine import resolve_runtime
-    from eurosat.hub import push
+    from eurosat.publish import push
     from eurosat.runner import fit
 
-    overrides = {k: v for k, v in vars(args).items() if k != "preset"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "command", "command_line")}
     cfg = make_train_config(args.preset, **overrides)
-    fit(cfg, log=tqdm.write, show_progress=True)
+    fit(cfg, log=tqdm.write, show_progress=True, command=args.command_line)
     if cfg.push_to_hub and resolve_runtime(cfg.device).is_main:
         print(f"pushed: {push(cfg.output_dir, cfg.push_to_hub, private=cfg.private)}")
     return 0
@@ -107,7 +90,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from eurosat.hub import push
+    from eurosat.publish import push
 
     print(f"pushed: {push(args.output_dir, args.repo_id, private=args.private)}")
     return 0

@@ -3,8 +3,8 @@
     with running_app("--model", folder, log_dir=tmp_path) as server:
         Client(server.url).predict(handle_file(path), api_name="/predict")
 
-The server gets the test session's environment (offline Hub, no OpenAI key) plus `env`; its
-stdout and stderr go to `server.log_path`, which `server.output()` reads.
+Shared by the tests and the benchmarks. The server gets this process's environment plus `env`;
+its stdout and stderr go to `server.log_path`, which `server.output()` reads.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(*args: str, log_dir: Path, env: dict[str, str] | None = None,
-              timeout: float = START_TIMEOUT) -> AppServer:
+def start_app(*args: str, log_dir: Path, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT,
+              app: Path = REPO / "app.py") -> AppServer:
     """Start `python app.py *args` and return once it answers HTTP; raise with its log if it dies or hangs."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def start_app(*args: str, log_dir: Path, env: dict[str, str] | None = None,
     spawned_at = time.monotonic()
     with open(log_path, "wb") as log:
         # A session of its own, so stop() ends the server and anything it started, and nothing else.
-        process = subprocess.Popen([sys.executable, str(REPO / "app.py"), *args], cwd=REPO, env=child_env,
+        process = subprocess.Popen([sys.executable, str(app), *args], cwd=app.parent, env=child_env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = AppServer(f"http://127.0.0.1:{port}", process, log_path, spawned_at, spawned_at)
     try:
@@ -94,6 +94,26 @@ def wait_until_serving(server: AppServer, timeout: float) -> float:
             pass
         time.sleep(0.25)
     raise TimeoutError(f"app.py did not serve within {timeout:.0f} s:\n{server.output()}")
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a process and of its live children, in bytes (the kernel's own high-water mark)."""
+    total = 0
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
+    for p in [pid, *children]:
+        try:
+            line = next(l for l in Path(f"/proc/{p}/status").read_text().splitlines() if l.startswith("VmHWM:"))
+            total += int(line.split()[1]) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @contextmanager

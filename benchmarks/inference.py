@@ -1,7 +1,7 @@
 """The inference benchmark: the one-pass pipeline against the seed's baseline, in process and through the app.
 
-    python -m eurosat.bench              # the full run (about 3 minutes); writes BENCHMARK.md and benchmark.json
-    python -m eurosat.bench --quick      # a short run that checks the command itself
+    python -m benchmarks.inference              # the full run (about 3 minutes); writes BENCHMARK.md and benchmark.json
+    python -m benchmarks.inference --quick      # a short run that checks the command itself
 
 Weights are random (they do not change speed): a model of the served architecture is saved with
 `hub.save` into a temporary folder and loaded back with `hub.load`, the production path, so nothing
@@ -17,16 +17,11 @@ import datetime
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +31,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from benchmarks.appserver import peak_rss, start_app
+from benchmarks.baseline import Baseline
+
 REPO = Path(__file__).resolve().parents[1]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PACKAGES = ("torch", "torchvision", "timm", "grad-cam", "gradio", "gradio_client", "pillow", "numpy", "opencv-python-headless")
 
 # The bars of the issue; RSS in bytes (1.5 GB taken as 1.5e9, the stricter reading).
@@ -68,9 +64,11 @@ SPANS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eurosat.bench", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", default="resnet50", help="timm architecture of the served model")
+    p.add_argument("--arch", default="resnet50", help="timm architecture of the served model (random weights)")
+    p.add_argument("--model", help="serve this checkpoint folder instead of a random --arch one (its own input "
+                                   "size; e.g. the bundled models/eurosat-rgb-resnet18-cpu)")
     p.add_argument("--size", type=int, default=224, help="input size in pixels (the baseline resizes to it too)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the in-process part")
     p.add_argument("--app-threads", type=int,
@@ -152,46 +150,11 @@ class LoadMeter:
                 "others_pct": round(100 * max(busy - own, 0) / total, 1)}
 
 
-# The two pipelines.
-
-def seed_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """The seed's per-image preprocessing: torchvision Resize((size, size)), ToTensor, Normalize."""
-    from torchvision import transforms
-
-    return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                               transforms.Normalize(mean, std)])
-
-
-class Baseline:
-    """The pipeline this project started from, kept here as the yardstick and nowhere else."""
-
-    def __init__(self, num_classes: int, size: int, device: torch.device):
-        from torchvision import models
-
-        self.device = device
-        self.model = models.resnet50(weights=None)
-        self.model.fc = nn.Linear(self.model.fc.in_features, num_classes)
-        self.model.eval().to(device)
-        self.transform = seed_transform(size)
-
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
-        """Probabilities and the top-1 class's GradCAM heatmap, the seed's way: two passes and a backward."""
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        x = self.transform(image.convert("RGB")).unsqueeze(0).to(self.device)
-        with torch.no_grad():
-            probs = self.model(x).softmax(dim=1)[0]
-        with GradCAM(model=self.model, target_layers=[self.model.layer4[-1]]) as cam:
-            heatmap = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(probs.argmax()))])[0]
-        return probs.cpu(), heatmap
-
-
 def make_checkpoint(folder: Path, arch: str, size: int, label_names: list[str]) -> Path:
     """A randomly initialised `arch` saved the way train.py saves, served at `size` px."""
-    from . import hub
-    from .model import build_model
-    from .transforms import DataConfig
+    from eurosat import hub
+    from eurosat.model import build_model
+    from eurosat.transforms import DataConfig
 
     torch.manual_seed(0)
     model = build_model(arch, len(label_names)).eval()
@@ -233,9 +196,9 @@ def paired_ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
 def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Image],
                log: Callable[[str], None]) -> dict[str, Any]:
     """Both pipelines in this process, batch 1, interleaved; plus the first call after loading."""
-    from . import hub
-    from .cam import overlay
-    from .inference import Predictor
+    from eurosat import hub
+    from eurosat.cam import overlay
+    from eurosat.inference import Predictor
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -318,80 +281,10 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
 
 # End to end: the app in its own process, driven through gradio_client.
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process and of its live children, in bytes (the kernel's own high-water mark)."""
-    total = 0
-    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == pid]
-    for p in [pid, *children]:
-        try:
-            line = next(l for l in Path(f"/proc/{p}/status").read_text().splitlines() if l.startswith("VmHWM:"))
-            total += int(line.split()[1]) * 1024
-        except (OSError, StopIteration):
-            pass
-    return total
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def app_flags(args: argparse.Namespace) -> list[str]:
-    """The app's own flags that this run overrides; the rest are the app's defaults."""
-    flags = ["--threads", str(args.app_threads)] if args.app_threads else []
-    return flags + (["--concurrency-limit", str(args.concurrency_limit)] if args.concurrency_limit else [])
-
-
-def start_app(args: argparse.Namespace, checkpoint: Path, workdir: Path) -> tuple[subprocess.Popen, str, float]:
-    """`python app.py --model DIR` on a free local port; (process, url, monotonic spawn time)."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio"),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, args.app, "--model", str(checkpoint), "--device", args.device, *app_flags(args)]
-    spawned = time.monotonic()
-    with open(workdir / "app.log", "wb") as out:
-        # A session of its own, so stopping it ends the server and whatever it started, nothing else.
-        process = subprocess.Popen(command, cwd=Path(args.app).parent, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    return process, f"http://127.0.0.1:{port}", spawned
-
-
-def stop_app(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def first_answer(process: subprocess.Popen, url: str, tile: str, download: Path, timeout: float = 300) -> Any:
-    """Poll until the app serves, then make the first /predict request; returns the connected client."""
+def first_answer(url: str, tile: str, download: Path) -> Any:
+    """The first /predict request of a serving app; returns the connected client."""
     from gradio_client import Client, handle_file
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with code {process.returncode} before serving")
-        try:
-            with urllib.request.urlopen(url + "/gradio_api/info", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    else:
-        raise TimeoutError(f"app.py did not serve within {timeout:.0f} s")
     client = Client(url, verbose=False, download_files=str(download), analytics_enabled=False)
     client.predict(handle_file(tile), api_name="/predict")
     return client
@@ -451,41 +344,76 @@ def concurrent(url: str, tiles: list[str], clients: int, duration: float, downlo
             "first_errors": errors[:3], **summary(latencies or [float("nan")])}
 
 
+def app_flags(args: argparse.Namespace) -> list[str]:
+    """The app's own flags that this run overrides; the rest are the app's defaults."""
+    flags = ["--device", args.device]
+    flags += ["--threads", str(args.app_threads)] if args.app_threads else []
+    return flags + (["--concurrency-limit", str(args.concurrency_limit)] if args.concurrency_limit else [])
+
+
 def end_to_end(args: argparse.Namespace, checkpoint: Path, tiles: list[str], workdir: Path,
                log: Callable[[str], None]) -> dict[str, Any]:
     """Cold start, sequential latencies, concurrent load and peak RSS of the app's process."""
     download = workdir / "downloads"
     download.mkdir()
     meter = LoadMeter([os.getpid()])
-    process, url, spawned = start_app(args, checkpoint, workdir)
-    meter.pids.append(process.pid)  # absent at the first reading, so all its CPU time counts as ours
-    log(f"end to end: app.py serving {args.arch} on {url}")
+    server = start_app("--model", str(checkpoint), *app_flags(args), log_dir=workdir, app=Path(args.app),
+                       env={"HF_HUB_OFFLINE": "1"})
+    meter.pids.append(server.process.pid)  # absent at the first reading, so all its CPU time counts as ours
+    log(f"end to end: app.py serving {args.arch} on {server.url}")
     try:
-        client = first_answer(process, url, tiles[0], download)
-        cold_start = time.monotonic() - spawned
+        client = first_answer(server.url, tiles[0], download)
+        cold_start = time.monotonic() - server.spawned_at
         log(f"  cold start {cold_start:.1f} s; {args.requests} sequential requests per endpoint")
         start_meter = meter.read()
-        meter = LoadMeter([os.getpid(), process.pid])
+        meter = LoadMeter([os.getpid(), server.process.pid])
         seq = sequential(client, tiles, args.requests)
         seq_load = meter.read()
         log(f"  {args.clients} concurrent clients for {args.duration:.0f} s")
-        meter = LoadMeter([os.getpid(), process.pid])
-        conc = concurrent(url, tiles, args.clients, args.duration, download)
+        meter = LoadMeter([os.getpid(), server.process.pid])
+        conc = concurrent(server.url, tiles, args.clients, args.duration, download)
         conc_load = meter.read()
-        rss = peak_rss(process.pid)
+        rss = peak_rss(server.process.pid)
     except BaseException:
-        stop_app(process)
-        log((workdir / "app.log").read_text(errors="replace")[-3000:])
+        log(server.output()[-3000:])
         raise
-    stop_app(process)
+    finally:
+        server.stop()
     return {
-        "app": " ".join(["python app.py --model <the saved checkpoint> --device", args.device, *app_flags(args)]),
+        "app": " ".join(["python app.py --model <the saved checkpoint>", *app_flags(args)]),
         "cold_start_s": round(cold_start, 2),
         "sequential": {endpoint: summary(t) for endpoint, t in seq.items()},
         "concurrent": conc,
         "peak_rss_bytes": rss,
         "load": {"cold_start": start_meter, "sequential": seq_load, "concurrent": conc_load},
     }
+
+
+def tta_on_off(args: argparse.Namespace, checkpoint: Path, tiles: list[str], workdir: Path,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """/predict with TTA on and off: two servers of the same checkpoint, requests alternating between them."""
+    from gradio_client import Client, handle_file
+
+    servers = {mode: start_app("--model", str(checkpoint), f"--{mode}", *app_flags(args),
+                               log_dir=workdir / mode, app=Path(args.app), env={"HF_HUB_OFFLINE": "1"})
+               for mode in ("tta", "no-tta")}
+    try:
+        clients = {mode: Client(s.url, verbose=False, download_files=str(workdir), analytics_enabled=False)
+                   for mode, s in servers.items()}
+        for client in clients.values():  # the first request of each pays lazy set-up
+            client.predict(handle_file(tiles[0]), api_name="/predict")
+        log(f"  TTA on/off: {args.requests} /predict requests to each, alternating")
+        times: dict[str, list[float]] = {mode: [] for mode in clients}
+        for i in range(args.requests):
+            for mode, client in (clients.items() if i % 2 == 0 else reversed(clients.items())):
+                start = time.perf_counter()
+                client.predict(handle_file(tiles[i % len(tiles)]), api_name="/predict")
+                times[mode].append(time.perf_counter() - start)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {"sequential_predict": {mode: summary(t) for mode, t in times.items()},
+            "tta / no-tta (median of paired requests)": paired_ratio(times, "tta", "no-tta")}
 
 
 # Verdicts, the table and the files.
@@ -562,6 +490,14 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{conc['throughput_rps']} req/s | {conc['errors']} |")
         if conc["first_errors"]:
             lines += ["", "First errors: " + "; ".join(f"`{e}`" for e in conc["first_errors"])]
+    if results.get("tta"):
+        tta = results["tta"]
+        lines += ["", "## /predict with test-time augmentation on and off", "",
+                  "Two servers of the same checkpoint (`--tta`, `--no-tta`), requests alternating between them.", "",
+                  "| Server | n | p50 ms | p95 ms |", "|---|---|---|---|"]
+        lines += [f"| {mode} | {s['n']} | {s['median_ms']} | {s['p95_ms']} |"
+                  for mode, s in tta["sequential_predict"].items()]
+        lines += ["", f"TTA / no TTA, median of paired requests: {tta['tta / no-tta (median of paired requests)']}"]
     lines += ["", "## Load on the machine during each phase", "",
               "Other people's work shares these CPUs; `others` is the machine's busy time not spent by the "
               "benchmark or the app.", "", "| Phase | load1 before | load1 after | machine busy % | others % |",
@@ -620,14 +556,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tile_paths = sorted(str(p) for p in Path(args.examples).glob("*.jpg"))
     if not tile_paths:
         raise SystemExit(f"No example tiles (*.jpg) in {args.examples}: pass --examples DIR.")
-    from .imaging import open_image
+    from eurosat.imaging import open_image
 
     images = [open_image(p) for p in tile_paths]
     label_names = [Path(p).stem for p in tile_paths]
     results: dict[str, Any] = {
-        "command": "python -m eurosat.bench" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "python -m benchmarks.inference" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "machine": machine(),
-        "settings": {"arch": args.arch, "size": args.size, "threads": args.threads, "device": args.device,
+        "settings": {"arch": args.arch, "model": args.model or f"random {args.arch}", "size": args.size, "threads": args.threads, "device": args.device,
                      "rounds": args.rounds, "requests": args.requests, "clients": args.clients,
                      "duration_s": args.duration, "quick": args.quick,
                      "concurrency_limit": args.concurrency_limit or "app default",
@@ -637,7 +573,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="eurosat-bench-") as tmp:
         workdir = Path(tmp)
-        checkpoint = make_checkpoint(workdir / "checkpoint", args.arch, args.size, label_names)
+        checkpoint = Path(args.model) if args.model else make_checkpoint(workdir / "checkpoint", args.arch, args.size,
+                                                                         label_names)
         results["in_process"] = in_process(args, checkpoint, images, log)
         if args.no_app:
             results["end_to_end_skipped"] = "--no-app"
@@ -645,6 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["end_to_end_skipped"] = f"{args.app} does not exist"
         else:
             results["end_to_end"] = end_to_end(args, checkpoint, tile_paths, workdir, log)
+            results["tta"] = tta_on_off(args, checkpoint, tile_paths, workdir, log)
     results["verdicts"] = verdicts(results)
     results["notes"] = notes(results)
     results["wall_s"] = round(time.monotonic() - t0, 1)

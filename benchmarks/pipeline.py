@@ -1,6 +1,6 @@
 """The training input-pipeline benchmark: tiles decoded once and augmented in batches, against per-image PIL.
 
-    python -m eurosat.pipebench --dataset ../shared/eurosat-rgb     # writes pipeline.json
+    python -m benchmarks.pipeline --dataset ../shared/eurosat-rgb     # writes pipeline.json
 
 Both pipelines feed the same model the same number of images at the same size:
 - ours: the split decoded once into a uint8 tensor (timed apart, as a one-off cost), then per batch
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import DEFAULT_DATASET
+from eurosat.config import DEFAULT_DATASET
 
 
 class _JpegTiles(torch.utils.data.Dataset):
@@ -58,7 +58,7 @@ def jpeg_bytes(ds, image_column: str) -> list[bytes]:
 def baseline_batches(encoded: list[bytes], labels: torch.Tensor, size: int, batch_size: int, workers: int,
                      mean, std) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled batches from the per-image pipeline."""
-    from .bench import seed_transform
+    from benchmarks.baseline import seed_transform
 
     loader = torch.utils.data.DataLoader(_JpegTiles(encoded, labels, seed_transform(size, mean, std)),
                                          batch_size=batch_size, shuffle=True, num_workers=workers,
@@ -88,7 +88,7 @@ def time_batches(batches: Iterator, count: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m eurosat.pipebench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hub dataset id or local folder")
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=int, help="use only the first N images of the split")
@@ -101,10 +101,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="pipeline.json")
     args = p.parse_args(argv)
 
-    from .data import decode_split, load_splits
-    from .engine import make_optimizer, resolve_runtime
-    from .model import build_model
-    from .transforms import DataConfig, train_transform
+    from eurosat.data import decode_split, load_splits
+    from eurosat.engine import make_optimizer, resolve_runtime
+    from eurosat.model import build_model
+    from eurosat.transforms import DataConfig, train_transform
 
     runtime = resolve_runtime("cpu")
     splits = load_splits(args.dataset)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training = {k: args.train_steps * args.batch_size / v for k, v in seconds.items()}
 
     results = {
-        "command": "python -m eurosat.pipebench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.pipeline " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable CPUs, "
                    f"torch {torch.__version__} ({torch.get_num_threads()} threads)",

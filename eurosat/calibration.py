@@ -1,9 +1,10 @@
-"""Temperature scaling: one scalar, fitted on validation, that makes the softmax's confidence honest."""
+"""Calibration fitted on validation: the temperature that makes confidences honest, and the notice threshold."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,15 +18,13 @@ def calibrated_softmax(logits: torch.Tensor, temperature: float, dim: int = -1) 
     return (logits.float() / temperature).softmax(dim=dim)
 
 
-def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor, *, iterations: int = 60) -> float:
-    """The T minimising the cross-entropy of softmax(log_probs / T) on a labelled set.
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, iterations: int = 60) -> float:
+    """The T minimising the cross-entropy of softmax(logits / T) on a labelled set.
 
-    `log_probs` may be logits or log-probabilities: they differ by a constant per row, which the
-    softmax ignores at any T. The loss is convex in 1/T, so a golden-section search finds the one
-    minimum deterministically (no optimiser state, no learning rate). Accuracy never changes: T > 0
-    keeps every row's order.
+    The loss is convex in 1/T, so a golden-section search finds the one minimum deterministically
+    (no optimiser state, no learning rate). Accuracy never changes: T > 0 keeps every row's order.
     """
-    x = log_probs.double().clamp_min(-1e4)  # log(0) = -inf would turn 0 * inf into nan at the ends
+    x = logits.double()
 
     def loss(beta: float) -> float:
         return F.cross_entropy(x * beta, labels).item()
@@ -43,3 +42,22 @@ def fit_temperature(log_probs: torch.Tensor, labels: torch.Tensor, *, iterations
             b = lo + _GOLDEN * (hi - lo)
             fb = loss(b)
     return round(2 / (lo + hi), 4)
+
+
+# The notice's goal on validation: flag at most this share of the right answers, and so catch as many
+# of the wrong ones as that allows.
+MAX_FALSE_FLAG = 0.05
+
+
+def choose_threshold(confidences: np.ndarray, correct: np.ndarray, max_false_flag: float = MAX_FALSE_FLAG) -> float:
+    """The highest top-1 probability below which answers are flagged, flagging at most `max_false_flag` right ones.
+
+    An answer is flagged when its probability is below the threshold. With n right answers, the
+    threshold is the (k+1)-th lowest of their probabilities, k = floor(max_false_flag * n): at most k
+    of them lie below it. Rounded down to 4 decimals, which can only flag fewer.
+    """
+    right = np.sort(np.asarray(confidences, dtype=np.float64)[np.asarray(correct, dtype=bool)])
+    if len(right) == 0:
+        return 1.0
+    k = min(int(np.floor(max_false_flag * len(right))), len(right) - 1)
+    return float(np.floor(right[k] * 1e4) / 1e4)

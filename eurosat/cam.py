@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,9 +52,9 @@ def normalise(cams: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return _min_max(resized[:, 0]).cpu().numpy()
 
 
-def single_pass_cam(model: nn.Module, x: torch.Tensor,
-                    class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits and Grad-CAM maps from one forward pass, with no backward pass.
+def cam_from_features(model: nn.Module, features: torch.Tensor, class_index: torch.Tensor,
+                      size: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM maps of the last feature maps (N, C, h, w) of a GAP + linear-head model, at `size` (H, W).
 
     With global average pooling and one linear layer, d logit_c / d A_k = w_ck / (h * w) at every
     position, so Grad-CAM's channel weights (the mean gradients) are the class's weight row over
@@ -58,13 +63,23 @@ def single_pass_cam(model: nn.Module, x: torch.Tensor,
     """
     head = linear_head(model)
     if head is None:
+        raise ValueError("a single-pass CAM needs a model with global average pooling and one linear layer")
+    with torch.inference_mode():
+        weights = head.weight[class_index.to(features.device)].to(features.dtype)
+        weights = weights / (features.shape[-2] * features.shape[-1])
+        cams = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
+    return normalise(cams, size)
+
+
+def single_pass_cam(model: nn.Module, x: torch.Tensor,
+                    class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits and Grad-CAM maps from one forward pass, with no backward pass (see `cam_from_features`)."""
+    if linear_head(model) is None:
         raise ValueError("single_pass_cam needs a model with global average pooling and one linear layer")
     with torch.inference_mode():
         features, logits = features_and_logits(model, x)
-        index = logits.argmax(dim=1) if class_index is None else class_index.to(logits.device)
-        weights = head.weight[index].to(features.dtype) / (features.shape[-2] * features.shape[-1])
-        cams = torch.relu(torch.einsum("nc,nchw->nhw", weights, features))
-    return logits.float(), normalise(cams, tuple(x.shape[-2:]))
+    index = logits.argmax(dim=1) if class_index is None else class_index
+    return logits.float(), cam_from_features(model, features, index, tuple(x.shape[-2:]))
 
 
 def library_cam(model: nn.Module, x: torch.Tensor, method: str,
@@ -82,12 +97,29 @@ def library_cam(model: nn.Module, x: torch.Tensor, method: str,
     return logits, maps
 
 
-def compute_cam(model: nn.Module, x: torch.Tensor, method: str = DEFAULT_METHOD,
-                class_index: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """The cheapest exact route: single pass for Grad-CAM on a GAP+linear head, else the library."""
-    if method == "GradCAM" and linear_head(model) is not None:
-        return single_pass_cam(model, x, class_index)
-    return library_cam(model, x, method, class_index)
+class HookedCopies:
+    """Copies of a model for pytorch-grad-cam, lent to one request at a time.
+
+    Its methods register forward and backward hooks on the model they are given and zero its
+    gradients, so on a shared model two requests at once see each other's activations and
+    gradients (and a forward pass by any other request fires the hooks too). Each copy is hooked by
+    one request only, and the served model itself is never hooked, so the single-pass Grad-CAM and
+    the classification stay fully concurrent. `size` copies let that many hooked requests run at once.
+    """
+
+    def __init__(self, model: nn.Module, size: int = 1):
+        self._free: queue.SimpleQueue[nn.Module] = queue.SimpleQueue()
+        for _ in range(max(1, size)):
+            self._free.put(copy.deepcopy(model).eval())
+
+    @contextmanager
+    def borrow(self) -> Iterator[nn.Module]:
+        """A copy for this request alone; waits while all are lent."""
+        model = self._free.get()
+        try:
+            yield model
+        finally:
+            self._free.put(model)
 
 
 def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = 0.5, min_side: int = 256) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -14,7 +15,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .calibration import calibrated_softmax
 from .transforms import Transform, dihedral
 
 
@@ -97,6 +97,62 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
         optimizer, partial(warmup_cosine, total=total_steps, warmup=max(1, warmup_steps)))
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers: the model that is validated and saved.
+
+    The average forgets with `decay` per step, warmed up as (1 + t) / (10 + t) so that the first
+    steps' random weights are soon forgotten. Buffers that are not floats (BatchNorm's batch count)
+    are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged, current = self.module.state_dict(), model.state_dict()
+        floats = [name for name, value in averaged.items() if value.is_floating_point()]
+        torch._foreach_lerp_([averaged[n] for n in floats], [current[n].detach() for n in floats], weight)
+        for name, value in averaged.items():
+            if not value.is_floating_point():
+                value.copy_(current[name])
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def mix_batch(x: torch.Tensor, *, mixup_alpha: float, cutmix_alpha: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Mixup or CutMix (one, chosen at random when both are on) of a batch with its reversed order.
+
+    Returns the mixed inputs and the share `lam` of the original order in them: the loss is then
+    lam * loss(labels) + (1 - lam) * loss(reversed labels). The random draws come from `generator`,
+    so a resumed run mixes as the original would.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha))
+    flipped = x.flip(0)
+    if not use_cutmix:
+        return x * lam + flipped * (1 - lam), lam
+    height, width = x.shape[-2:]
+    cut_h, cut_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+    top, left = int(rng.integers(0, height - cut_h + 1)), int(rng.integers(0, width - cut_w + 1))
+    x = x.clone()
+    x[..., top:top + cut_h, left:left + cut_w] = flipped[..., top:top + cut_h, left:left + cut_w]
+    return x, 1 - cut_h * cut_w / (height * width)  # the share the box really left, after rounding
+
+
 def shard(indices: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """This rank's share of an index order; every rank gets the same count so DDP steps stay in lockstep."""
     per_rank = len(indices) // runtime.world_size
@@ -113,9 +169,13 @@ def reduce_sum(values: list[float], runtime: Runtime) -> list[float]:
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, transform: Transform,
                     optimizer: torch.optim.Optimizer, scheduler, batch_size: int, generator: torch.Generator,
-                    runtime: Runtime, label_smoothing: float = 0.0,
+                    runtime: Runtime, label_smoothing: float = 0.0, average: WeightAverage | None = None,
+                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                     progress: Callable[[dict], None] | None = None) -> dict[str, float]:
-    """One pass over a shuffled training set; returns loss, accuracy and images/s (summed over ranks)."""
+    """One pass over a shuffled training set; returns loss, accuracy and images/s (summed over ranks).
+
+    With mixup or CutMix, accuracy counts the label with the larger share of each mixed input.
+    """
     model.train()
     order = shard(torch.randperm(len(labels), generator=generator), runtime)
     steps = len(order) // batch_size  # drop the ragged tail: a tiny last batch makes BatchNorm noisy
@@ -125,13 +185,21 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         idx = order[step * batch_size:(step + 1) * batch_size]
         x = runtime.to_input(transform(images[idx].to(runtime.device, non_blocking=True)))
         y = labels[idx].to(runtime.device, non_blocking=True)
+        lam = 1.0
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            x, lam = mix_batch(x, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, generator=generator)
         with runtime.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if lam < 1.0:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y.flip(0), label_smoothing=label_smoothing)
+                y = y if lam >= 0.5 else y.flip(0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(getattr(model, "module", model))  # the bare model under DDP
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -145,13 +213,11 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, transform: Transform, runtime: Runtime,
-            batch_size: int = 256, tta: bool = False, temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities (N, C) on the CPU for uint8 images; with `tta`, averaged over the 8 D4 views.
-
-    The logits are divided by `temperature` before the softmax (`calibration.calibrated_softmax`).
+            batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+    """Logits (N, C) in float32 on the CPU for uint8 images; with `tta`, the mean over the 8 D4 views.
 
     Under DDP each rank scores a strided share and the shares are gathered, so every rank returns
-    the probabilities of all N images in their original order.
+    the logits of all N images in their original order.
     """
     model.eval()
     n = len(images)
@@ -161,13 +227,12 @@ def predict(model: nn.Module, images: torch.Tensor, *, transform: Transform, run
     with torch.inference_mode():
         for start in range(0, len(mine), batch_size):
             batch = images[mine[start:start + batch_size]].to(runtime.device, non_blocking=True)
-            probs = 0
+            logits = 0
             for code in views:
                 view = dihedral(batch, torch.full((len(batch),), code)) if code else batch
                 with runtime.autocast():
-                    logits = model(runtime.to_input(transform(view)))
-                probs = probs + calibrated_softmax(logits, temperature, dim=1)
-            chunks.append(probs / len(views))
+                    logits = logits + model(runtime.to_input(transform(view))).float()
+            chunks.append(logits / len(views))
     local = torch.cat(chunks) if chunks else torch.empty(0, device=runtime.device)
     if not runtime.distributed:
         return local.cpu()
@@ -190,6 +255,6 @@ def _gather_strided(local: torch.Tensor, n: int, runtime: Runtime) -> torch.Tens
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, transform: Transform,
              runtime: Runtime, batch_size: int = 256, tta: bool = False) -> dict[str, float]:
     """Accuracy and mean cross-entropy of `model` on a labelled uint8 set."""
-    probs = predict(model, images, transform=transform, runtime=runtime, batch_size=batch_size, tta=tta)
-    nll = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    return {"accuracy": (probs.argmax(1) == labels).float().mean().item(), "loss": nll}
+    logits = predict(model, images, transform=transform, runtime=runtime, batch_size=batch_size, tta=tta)
+    return {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
+            "loss": F.cross_entropy(logits, labels).item()}

@@ -1,4 +1,4 @@
-"""Checkpoints in timm's Hub format: save to a folder, load from a folder or the Hub, push a folder."""
+"""Checkpoints in timm's Hub format: save to a folder, load from a folder or the Hub, with its config checked."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import CHECKPOINT_FILES
+from .fileio import commit
+from .model import build_model
 from .transforms import DataConfig
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
+# For checkpoints saved before the threshold was fitted: the notice then means "less likely than not".
+DEFAULT_NOTICE_THRESHOLD = 0.5
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message says what happened and what to do."""
-
-
-class PushError(RuntimeError):
-    """An upload that failed; the local folder is untouched and the message gives the retry command."""
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Checkpoint:
     data_config: DataConfig
     source: str
     config: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None  # where config.json lives locally (a Hub download's cache folder), with the report
 
     @property
     def architecture(self) -> str:
@@ -46,13 +49,37 @@ class Checkpoint:
         """Divides the logits before the softmax; fitted on validation by train.py, 1.0 when absent."""
         return float(self.config.get("temperature", 1.0))
 
+    @property
+    def notice_threshold(self) -> float:
+        """Top-1 probabilities below this get the uncertainty notice; chosen on validation by train.py."""
+        return float(self.config.get("notice_threshold", DEFAULT_NOTICE_THRESHOLD))
+
+    @property
+    def tta(self) -> bool:
+        """Whether the checkpoint is meant to be served with 8-view test-time augmentation."""
+        return bool(self.config.get("tta", False))
+
+
+# What timm's pretrained_cfg says about the ImageNet weights a model was created for; a model trained
+# from random initialisation must not claim them.
+_WEIGHTS_KEYS = ("tag", "license", "paper_ids", "paper_name", "origin_url", "notes")
+
+
+def initial_weights(model: nn.Module, pretrained: bool) -> str | None:
+    """The Hub id of the weights a model started from (e.g. timm/resnet50.a1_in1k), None for random init."""
+    if not pretrained:
+        return None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return cfg.get("hf_hub_id") or f"{cfg.get('architecture', '?')}.{cfg.get('tag', '?')}"
+
 
 def save(model: nn.Module, directory: str | os.PathLike, *, label_names: list[str], data_config: DataConfig,
-         extra_config: dict[str, Any] | None = None) -> Path:
+         extra_config: dict[str, Any] | None = None, pretrained: bool = True) -> Path:
     """Write `model.safetensors` and `config.json` into `directory` with timm's own helper.
 
     Each file is written beside its destination and renamed into place, so a crash mid-save never
     leaves a half-written file where a good one was; other files in the folder (the report) stay.
+    Without `pretrained`, the ImageNet weights' tag and licence are left out of `pretrained_cfg`.
     """
     from timm.models import save_for_hf
 
@@ -63,12 +90,14 @@ def save(model: nn.Module, directory: str | os.PathLike, *, label_names: list[st
         model_config = {"label_names": list(label_names), **(extra_config or {})}
         # safetensors stores dense row-major tensors; a channels_last model is saved from a plain copy.
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        if not pretrained:
+            model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _WEIGHTS_KEYS}
         save_for_hf(model, str(tmp), model_config=model_config, safe_serialization=True,
                     data_config=data_config.to_timm())
         for name in CHECKPOINT_FILES[::-1]:  # weights first: a config never points at missing weights
             # safetensors creates its file owner-only; a checkpoint is meant to be shared and served.
             os.chmod(tmp / name, 0o644)
-            os.replace(tmp / name, directory / name)
+            commit(tmp / name, directory / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
@@ -80,6 +109,31 @@ def parse_source(source: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
+def is_local(source: str) -> bool:
+    """The one rule for any source (a model or a dataset): an existing folder is local, anything else a Hub id."""
+    return bool(source.strip()) and Path(source).expanduser().is_dir()  # Path("") would be the working folder
+
+
+def hub_repo(source: str) -> str | None:
+    """The repo id (owner/name) of a source that is not local, when it is a valid one; None otherwise."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if is_local(source):
+        return None
+    repo_id, _ = parse_source(source)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id if repo_id.count("/") == 1 else None
+
+
+def public_name(source: str) -> str:
+    """How a source is named in public (model cards, the page): a Hub id as is, a folder by its name only."""
+    return source if hub_repo(source) else Path(source).expanduser().name
+
+
 def resolve_files(source: str, *, cache_dir: str | None = None) -> Path:
     """The local folder holding config.json and model.safetensors for a folder path or a Hub id.
 
@@ -87,7 +141,7 @@ def resolve_files(source: str, *, cache_dir: str | None = None) -> Path:
     huggingface_hub, so its cache, HF_TOKEN and HF_HUB_OFFLINE work as users expect.
     """
     path = Path(source).expanduser()
-    if source.strip() and path.is_dir():  # Path("") is the working directory: an empty source is no folder
+    if is_local(source):
         missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
         if missing:
             raise CheckpointError(
@@ -101,20 +155,14 @@ def resolve_files(source: str, *, cache_dir: str | None = None) -> Path:
 def _download(source: str, cache_dir: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
-        GatedRepoError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError,
-        RepositoryNotFoundError, RevisionNotFoundError)
-    from huggingface_hub.utils import validate_repo_id
+        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError,
+        RevisionNotFoundError)
 
     repo_id, revision = parse_source(source)
-    try:
-        validate_repo_id(repo_id)
-        if "/" not in repo_id:
-            raise HFValidationError("a model id has the form owner/name")
-    except HFValidationError:
+    if hub_repo(source) is None:
         raise CheckpointError(
             f"{source!r} is neither an existing checkpoint folder nor a Hub model id. "
-            "Pass a folder written by train.py, or a Hub id such as owner/name or owner/name@revision."
-        ) from None
+            "Pass a folder written by train.py, or a Hub id such as owner/name or owner/name@revision.")
     at = f"{repo_id}@{revision}" if revision else repo_id
     folder = None
     for filename in CHECKPOINT_FILES:
@@ -146,30 +194,82 @@ def _download(source: str, cache_dir: str | None) -> Path:
     return folder
 
 
+# config.json is data from whoever made the checkpoint: these model_args would make timm read files
+# (torch.load of a checkpoint, pretrained weights from a path or URL) or override what the project sets.
+_REFUSED_MODEL_ARGS = {"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                       "pretrained_strict", "cache_dir", "features_only", "scriptable", "exportable"}
+_FILE_LIKE_SUFFIXES = ("_path", "_file", "_dir", "_url", "_overlay")
+MAX_INPUT_SIDE = 1024  # far above any tile model; bounds start-up time and memory for a hostile config
+
+
 def read_config(folder: Path) -> dict[str, Any]:
-    """config.json, checked for what serving needs: an architecture, labels matching num_classes, a data config."""
+    """config.json, validated before any model is built; any violation is a CheckpointError naming the field."""
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: save or download it again.") from None
-    if not isinstance(config, dict) or not config.get("architecture"):
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str) or not config["architecture"]:
         raise CheckpointError(f"{path} names no 'architecture'; it is not a timm checkpoint config.")
+    for problem in config_problems(config):
+        raise CheckpointError(f"{path}: {problem}")
+    return config
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with a checkpoint config, one sentence per field; empty when it can be served."""
+    problems = []
     labels = config.get("label_names")
-    if not isinstance(labels, list) or not labels:
-        raise CheckpointError(f"{path} has no 'label_names' list; train.py writes the class names there.")
-    num_classes = config.get("num_classes")
-    if num_classes != len(labels):
-        raise CheckpointError(
-            f"{path} is inconsistent: num_classes is {num_classes} but there are {len(labels)} label_names. "
-            "Re-save the checkpoint with one name per output.")
-    if "input_size" not in config.get("pretrained_cfg", {}):
-        raise CheckpointError(f"{path} has no pretrained_cfg.input_size, so the preprocessing is unknown.")
+    if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n.strip() for n in labels):
+        problems.append("'label_names' must be a list of class names (non-empty strings); train.py writes "
+                        "them there.")
+    elif len(set(labels)) != len(labels):
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        problems.append(f"'label_names' must be distinct, but {', '.join(map(repr, twice))} appear more than once.")
+    elif config.get("num_classes") != len(labels):
+        problems.append(f"'num_classes' is {config.get('num_classes')!r} but there are {len(labels)} label_names; "
+                        "re-save the checkpoint with one name per output.")
+    problems += _model_args_problems(config.get("model_args", {}))
+    problems += _preprocessing_problems(config.get("pretrained_cfg"))
     temperature = config.get("temperature", 1.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise CheckpointError(f"{path} has temperature {temperature!r}; it must be a positive number "
-                              "(or absent, meaning 1.0).")
-    return config
+        problems.append(f"'temperature' is {temperature!r}; it must be a positive number (or absent, meaning 1.0).")
+    threshold = config.get("notice_threshold", DEFAULT_NOTICE_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        problems.append(f"'notice_threshold' is {threshold!r}; it must be a probability from 0 to 1.")
+    if not isinstance(config.get("tta", False), bool):
+        problems.append(f"'tta' is {config['tta']!r}; it must be true or false.")
+    return problems
+
+
+def _model_args_problems(model_args: Any) -> list[str]:
+    if not isinstance(model_args, dict):
+        return ["'model_args' must be a JSON object of timm create_model arguments."]
+    refused = sorted(k for k in model_args if k in _REFUSED_MODEL_ARGS or str(k).endswith(_FILE_LIKE_SUFFIXES))
+    if refused:
+        return [f"'model_args' may not set {', '.join(refused)}: arguments that load files or weights are "
+                "refused; a checkpoint's weights come only from its model.safetensors."]
+    return []
+
+
+def _preprocessing_problems(cfg: Any) -> list[str]:
+    if not isinstance(cfg, dict) or "input_size" not in cfg:
+        return ["it has no 'pretrained_cfg.input_size', so the preprocessing is unknown."]
+    size = cfg["input_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in size)):
+        return [f"'pretrained_cfg.input_size' is {size!r}; it must be [3, height, width]."]
+    if size[0] != 3 or not all(8 <= side <= MAX_INPUT_SIDE for side in size[1:]):
+        return [f"'pretrained_cfg.input_size' is {size!r}; it must be 3 channels and 8 to {MAX_INPUT_SIDE} "
+                "pixels per side."]
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if not (isinstance(values, list) and len(values) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            return [f"'pretrained_cfg.{key}' is {values!r}; it must be three numbers."]
+    if not all(v > 0 for v in cfg["std"]):
+        return [f"'pretrained_cfg.std' is {cfg['std']!r}; every value must be positive."]
+    return []
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -188,15 +288,12 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def load(source: str, *, device: str | torch.device = "cpu", cache_dir: str | None = None) -> Checkpoint:
     """Load a checkpoint for inference from a local folder, `owner/name` or `owner/name@revision`."""
-    import timm
-
     folder = resolve_files(source, cache_dir=cache_dir)
     config = read_config(folder)
     state = read_weights(folder)
     labels = config["label_names"]
     try:
-        model_args = {**config.get("model_args", {}), "num_classes": len(labels)}
-        model = timm.create_model(config["architecture"], pretrained=False, **model_args)
+        model = build_model(config["architecture"], len(labels), model_args=config.get("model_args"))
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / 'config.json'} describes a model timm cannot build: {e}") from None
     head = model.get_classifier()
@@ -217,46 +314,9 @@ def load(source: str, *, device: str | torch.device = "cpu", cache_dir: str | No
             f"in config.json ({detail}).") from None
     model.eval().to(device)
     data_config = DataConfig.from_pretrained_cfg(config["pretrained_cfg"])
-    return Checkpoint(model=model, label_names=list(labels), data_config=data_config, source=source, config=config)
+    return Checkpoint(model=model, label_names=list(labels), data_config=data_config, source=source, config=config,
+                      folder=folder)
 
 
 def _head_prefix(model: nn.Module, head: nn.Module) -> str:
     return next((name for name, module in model.named_modules() if module is head), "fc")
-
-
-def push(directory: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
-         commit_message: str = "Upload EuroSAT checkpoint") -> str:
-    """Upload a saved folder to the Hub and return the commit URL; the folder itself is never modified."""
-    from huggingface_hub import HfApi, get_token
-
-    directory = Path(directory)
-    retry = f"python train.py push {directory} {repo_id}" + (" --private" if private else "")
-    # Checked up front: without a token the Hub would only answer 401, which reads like a rights problem.
-    token = token or get_token()
-    if not token:
-        raise PushError(f"Could not upload {directory} to {repo_id!r}: no Hugging Face token (set HF_TOKEN or "
-                        f"run `hf auth login`). The local output is intact. Retry with: {retry}")
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(directory), repo_id=repo_id, commit_message=commit_message,
-                                 ignore_patterns=["train_state*", ".*"])
-    except Exception as e:  # offline, no rights, bad id: all end the same way for the user
-        raise PushError(
-            f"Could not upload {directory} to {repo_id!r}: {_describe_push_failure(e)}. "
-            f"The local output is intact. Retry with: {retry}") from None
-    return str(getattr(info, "commit_url", info))
-
-
-def _describe_push_failure(error: Exception) -> str:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status in (401, 403):
-            return f"the Hub refused the token (HTTP {status}); check that it has write access to this repo"
-        return f"the Hub answered HTTP {status}"
-    name = type(error).__name__
-    if "Offline" in name or "Connect" in name or "Timeout" in name or isinstance(error, OSError):
-        return "the Hub could not be reached (offline?)"
-    return name

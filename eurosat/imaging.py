@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,12 @@ from .config import MAX_PIXELS
 # B08, B08A, B09, B10, B11, B12. True colour is B04 (red), B03 (green), B02 (blue).
 SENTINEL2_BANDS = 13
 SENTINEL2_RGB = (3, 2, 1)
-STRETCH_PERCENTILES = (2.0, 98.0)
+# EuroSAT's own map from L1C digital numbers (reflectance x 10000) to the grey levels of its RGB release:
+# `gdal_translate -scale 0 2750 1 255`, the same for every tile. See `reflectance_to_rgb` for the evidence.
+EUROSAT_DN_WHITE = 2750.0
+# The georeferencing tags a GeoTIFF scene keeps: ModelPixelScale, ModelTiepoint, ModelTransformation and
+# the GeoKey directory with its double and ASCII parameters.
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
@@ -23,13 +29,20 @@ class ImageError(ValueError):
     """An input that cannot be used as an image; the message tells the user what to upload instead."""
 
 
-def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
+               reduce_to: tuple[int, int] | None = None) -> Image.Image:
     """Decode a user's file into an 8-bit RGB image, or raise ImageError with a message for the user.
 
     The size is read from the header and checked before any pixel is decoded. The first frame of
     animations is used and EXIF orientation is applied. A TIFF with more than 8 bits per band and
     several bands, or more than 4 bands, is read with tifffile: 13 bands are taken as Sentinel-2
-    (B04, B03, B02 as RGB), 3 bands as RGB, each band stretched between its 2nd and 98th percentiles.
+    (B04, B03, B02 as RGB), 3 bands as RGB, each scaled as EuroSAT's RGB release (`reflectance_to_rgb`).
+
+    `reduce_to`, a model's input size (H, W), asks for no more pixels than `to_tensor` keeps for it:
+    a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose sides stay at least twice
+    the larger input side, so a large photo never exists at full size in memory, and any image is then
+    box-reduced on both axes alike (`reduced`), keeping its shape for display. A scene needs every
+    pixel, so it leaves this unset.
     """
     if not path:
         raise ImageError("No image was given: upload a satellite tile (PNG or JPEG).")
@@ -43,11 +56,56 @@ def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS) 
     if head.startswith(_TIFF_MAGIC):
         multiband = _read_multiband_tiff(path, max_pixels)
         if multiband is not None:
-            return multiband
-    return _read_with_pillow(path, head, max_pixels)
+            return multiband if reduce_to is None else reduced(multiband, reduce_to)
+    return _read_with_pillow(path, head, max_pixels, reduce_to)
 
 
-def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int) -> Image.Image:
+def open_georeferenced(path: str | os.PathLike | None, *,
+                       max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, dict[int, Any] | None]:
+    """The full-size RGB image of a file (as `open_image`) and its GeoTIFF georeferencing tags.
+
+    The tags are {tag code: value} for the codes in GEO_TAGS that the first page holds, or None when
+    the file is not a TIFF, holds no pixel-to-map transform (a tiepoint with a pixel scale, or a
+    transformation matrix), or is stored rotated (an EXIF orientation other than 1). Tags that cannot
+    be read count as absent: the pixels are still usable.
+    """
+    image = open_image(path, max_pixels=max_pixels)
+    return image, read_geotags(path)
+
+
+def read_geotags(path: str | os.PathLike) -> dict[int, Any] | None:
+    """The GEO_TAGS of a TIFF's first page, values as tuples of numbers (ASCII as str), or None (see above)."""
+    import tifffile
+
+    try:
+        with open(path, "rb") as f:
+            if not f.read(4).startswith(_TIFF_MAGIC):
+                return None
+        with tifffile.TiffFile(path) as tif:
+            page_tags = tif.pages.first.tags
+            # An EXIF rotation turns the decoded pixels, and the georeferencing would no longer match them.
+            if page_tags.valueof(274, 1) != 1:
+                return None
+            geo = {code: _tag_value(code, page_tags[code].value) for code in GEO_TAGS if code in page_tags}
+    except Exception:  # damaged tags: tifffile and numpy raise many types
+        return None
+    tiepoints = geo.get(33922, ())
+    located = (len(geo.get(33550, ())) == 3 and len(tiepoints) >= 6 and len(tiepoints) % 6 == 0) \
+        or len(geo.get(34264, ())) == 16
+    return geo if located else None
+
+
+def _tag_value(code: int, value: Any) -> str | tuple:
+    if code == 34737:
+        if not isinstance(value, str):
+            raise ValueError("GeoAsciiParams is not text")
+        return value
+    kind = np.int64 if code == 34735 else np.float64
+    return tuple(np.asarray(value, dtype=kind).ravel().tolist())
+
+
+def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int,
+                      reduce_to: tuple[int, int] | None) -> Image.Image:
     # Never above Pillow's own threshold: its DecompressionBombWarning then cannot fire for an image we go
     # on to decode, and its DecompressionBombError (at twice the threshold) is raised by Image.open itself.
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
@@ -69,7 +127,11 @@ def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int) -> 
             raise ImageError(f"The image is {width}x{height} pixels: it has no pixels to classify.")
         try:
             source.seek(0)
-            return to_rgb(ImageOps.exif_transpose(source))  # exif_transpose returns a decoded copy
+            if reduce_to is not None:
+                side = 2 * max(reduce_to)  # the larger side: EXIF may still swap width and height
+                source.draft(None, (side, side))  # only JPEG decodes at a reduced scale; others ignore it
+            rgb = to_rgb(ImageOps.exif_transpose(source))  # exif_transpose returns a decoded copy
+            return rgb if reduce_to is None else reduced(rgb, reduce_to)
         except Exception as e:  # truncated or corrupt pixel data; the file is closed on the way out
             raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_reason(e)}).") \
                 from None
@@ -146,28 +208,35 @@ def _read_multiband_tiff(path: str | os.PathLike, max_pixels: int) -> Image.Imag
                          "a compression this app cannot read. Save it uncompressed or with Deflate.") from None
     cube = np.moveaxis(data, -1, 0) if axes == "YXS" else data
     picked = cube[list(SENTINEL2_RGB)] if bands == SENTINEL2_BANDS else cube
-    return Image.fromarray(np.ascontiguousarray(np.moveaxis(stretch(picked), 0, -1)))
+    if dtype.kind == "f" and picked[np.isfinite(picked)].max(initial=0.0) <= 2.0:
+        picked = picked * 10000.0  # reflectance stored as a fraction, not as digital numbers
+    return Image.fromarray(np.ascontiguousarray(np.moveaxis(reflectance_to_rgb(picked), 0, -1)))
 
 
-def stretch(bands: np.ndarray, percentiles: tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
-    """Each band (C, H, W) of any numeric type linearly mapped to 0..255 between its own percentiles.
+def reflectance_to_rgb(bands: np.ndarray) -> np.ndarray:
+    """Sentinel-2 L1C digital numbers (C, H, W) of any numeric type -> uint8, as EuroSAT's RGB release made them.
 
-    Reflectances fill a small part of the uint16 range, so a fixed scale would give a black tile;
-    clipping the extreme 2% keeps a few saturated or no-data pixels from setting the contrast.
-    Non-finite samples become 0.
+    One fixed linear map for every image, so a dark, even forest stays dark and a lake stays a lake:
+    grey = round(1 + 254 * DN / 2750), clipped to 1..255; DN <= 0 (Sentinel-2's no-data) and
+    non-finite samples become 0, the black of no-data elsewhere in this module.
+
+    Where the constant comes from: the EuroSAT paper does not give it. The maintainer's description,
+    relayed in jensleitloff/CNN-Sentinel issue #1 (2019), is to clip the digital numbers from 0..2750
+    to 1..255, leaving 0 for no-data: `gdal_translate -ot Byte -a_nodata 0 -scale 0 2750 1 255
+    -b 4 -b 3 -b 2`; in phelber/EuroSAT issue #6 (2023) the maintainer answered that the README now
+    documents it. It was checked against the data, as no multispectral tiles are at hand:
+    applied to the per-band means of the multispectral release (torchgeo's EuroSATDataModule: B04
+    947.6, B03 1042.9, B02 1118.2), it predicts RGB channel means of 88.5, 97.3 and 104.3; the 27,000
+    JPEGs of the RGB release measure 87.8, 97.0 and 104.0, slightly lower as expected where the map
+    clips digital numbers above 2750. The gains implied by the means lie within 1% of 254/2750.
+    Remaining uncertainty: GDAL's rounding (half a grey level), the JPEG coding of the release (about
+    one level), and L1C products of processing baseline 04.00 and later (from 2022), whose digital
+    numbers carry a +1000 offset that must be subtracted before this map applies.
     """
-    out = np.zeros(bands.shape, dtype=np.uint8)
-    for i, band in enumerate(bands):
-        values = band.astype(np.float64)
-        finite = np.isfinite(values)
-        if not finite.any():
-            continue
-        low, high = np.percentile(values[finite], percentiles)
-        if high <= low:
-            continue
-        scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
-        out[i] = np.where(finite, np.round(scaled), 0).astype(np.uint8)
-    return out
+    values = bands.astype(np.float64)
+    valid = np.isfinite(values) & (values > 0)
+    grey = np.clip(np.round(1.0 + values * (254.0 / EUROSAT_DN_WHITE)), 1, 255)
+    return np.where(valid, grey, 0).astype(np.uint8)
 
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -204,6 +273,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _gray_to_rgb(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(values).astype(np.uint8)).convert("RGB")
+
+
+def reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image shrunk by one integer box filter on both axes while both stay at least twice `size` (H, W).
+
+    What a single tile needs of a large upload: its aspect ratio is kept, for the picture the heatmap
+    is drawn over; `shrink` then squashes it for the model.
+    """
+    factor = max(1, min(image.width // (2 * size[1]), image.height // (2 * size[0])))
+    return image.reduce(factor) if factor > 1 else image
 
 
 def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:

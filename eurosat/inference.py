@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,11 @@ import torch
 from PIL import Image
 
 from .calibration import calibrated_softmax
-from .cam import DEFAULT_METHOD, compute_cam
+from .cam import DEFAULT_METHOD, HookedCopies, cam_from_features, library_cam
 from .hub import Checkpoint
 from .imaging import to_tensor
-from .transforms import eval_transform
+from .model import features_and_logits, linear_head
+from .transforms import dihedral, eval_transform
 
 
 def cpu_threads(concurrent_requests: int = 1, *, cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -59,33 +61,83 @@ def ranked(probs: torch.Tensor, label_names: Sequence[str], k: int | None = None
 
 
 class Predictor:
-    """Serves one checkpoint: preprocessing and labels come from the checkpoint's config.json."""
+    """Serves one checkpoint: preprocessing, labels and temperature come from the checkpoint's config.json.
+
+    With `tta`, every answer averages the logits of the 8 flips and right-angle rotations of the
+    input (an overhead tile has no 'up'), computed as one batch of 8 in one forward pass.
+    """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu",
-                 channels_last: bool = False):
+                 channels_last: bool = False, tta: bool = False, cam_copies: int = 1):
         self.device = torch.device(device)
+        self.checkpoint = checkpoint
         self.label_names = list(checkpoint.label_names)
         self.data_config = checkpoint.data_config
         self.source = checkpoint.source
         self.temperature = checkpoint.temperature
+        self.tta = tta
         self.model = checkpoint.model.eval().to(self.device)
         self.use_channels_last(channels_last)
         self._to_input = eval_transform(self.data_config)
+        self._cam_copies = cam_copies
+        self._hooked: HookedCopies | None = None
+        self._hooked_lock = threading.Lock()
+
+    def hooked(self) -> HookedCopies:
+        """The copies of the model that pytorch-grad-cam may hook, made at first use (after `warmup`)."""
+        with self._hooked_lock:
+            if self._hooked is None:
+                self._hooked = HookedCopies(self.model, self._cam_copies)
+            return self._hooked
 
     def use_channels_last(self, on: bool) -> None:
         """Hold the weights, and make the inputs, in channels_last (True) or contiguous (False) layout."""
         self.channels_last = on
         self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Model-ready batch from PIL images of any mode and size (each resized to the input size)."""
         size = self.data_config.input_size
         batch = torch.cat([self._to_input(to_tensor(im, size).unsqueeze(0).to(self.device)) for im in images])
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+        return self._layout(batch)
+
+    def prepare(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Model-ready batch from uint8 tiles (N, 3, H, W): resized to the input size and normalised."""
+        return self._layout(self._to_input(tiles.to(self.device)))
+
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """With TTA, the 8 D4 views of each input, view-major (all upright first); else `x` itself."""
+        if not self.tta:
+            return x
+        n = len(x)
+        codes = torch.arange(8).repeat_interleave(n)
+        return self._layout(dihedral(x.repeat(8, 1, 1, 1), codes))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a model-ready batch; with TTA, the mean over the views."""
+        with torch.inference_mode():
+            return merge_views(self.model(self.views(x)).float(), len(x))
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return calibrated_softmax(self.model(x), self.temperature, dim=1)
+        """Calibrated class probabilities (N, C) of a model-ready batch."""
+        return calibrated_softmax(self.logits(x), self.temperature, dim=1)
+
+    def classify(self, tiles: torch.Tensor, *, batch_size: int = 64,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Calibrated probabilities (N, C) of uint8 tiles (N, 3, H, W), `batch_size` tiles per forward pass.
+
+        Each tile is preprocessed exactly as an uploaded image of the same pixels (`inputs`), so a
+        tile's answer here equals /predict's for it. `progress(done, total)` is called after each batch.
+        """
+        chunks = []
+        for start in range(0, len(tiles), batch_size):
+            chunks.append(self.probabilities(self.prepare(tiles[start:start + batch_size])).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, len(tiles)), len(tiles))
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.label_names))
 
     def predict(self, image: Image.Image, k: int = 5) -> dict[str, float]:
         """Top-k {label: probability} for one image, highest first."""
@@ -99,10 +151,10 @@ class Predictor:
     def warmup(self, rounds: int = 3, *, clock: Callable[[], float] = time.perf_counter) -> dict[bool, float]:
         """Pay PyTorch's lazy set-up now, and keep the memory layout that runs this model faster here.
 
-        channels_last measured 8% faster for ResNet-50 at 224 px on a 2-vCPU AVX2 CPU, and 8% slower
-        on a 2-vCPU AVX-512 one (`python -m eurosat.bench`), so the serving machine decides. Both
-        layouts give the same results. The tile is half the input size so that the resize runs too,
-        as it does for real uploads. Returns the seconds each layout took, keyed by channels_last.
+        Which layout wins depends on the model and the CPU (`benchmarks/inference.py` measures both),
+        so the serving machine decides. Both layouts give the same results. The tile is half the
+        input size so that the resize runs too, as it does for real uploads. Returns the seconds
+        each layout took, keyed by channels_last.
         """
         height, width = self.data_config.input_size
         tile = Image.new("RGB", (max(1, width // 2), max(1, height // 2)))
@@ -127,8 +179,33 @@ class Predictor:
 
     def analyze(self, image: Image.Image, *, target: str | None = None,
                 method: str = DEFAULT_METHOD) -> Analysis:
-        """Probabilities and the heatmap of `target` (default: the top-1 class) from one CAM pass."""
-        index = None if target is None else torch.tensor([self.class_index(target)])
-        logits, maps = compute_cam(self.model, self.inputs([image]), method, index)
+        """Probabilities and the heatmap of `target` (default: the top-1 class).
+
+        The single-pass Grad-CAM takes both from one forward pass (of the 8 views with TTA: the
+        heatmap comes from the upright view's features). Other methods run the library on the
+        upright view, on a copy of the model of their own (`hooked`), and with TTA the probabilities
+        come from a pass of their own.
+        """
+        index = None if target is None else self.class_index(target)
+        x = self.inputs([image])
+        if method == DEFAULT_METHOD and linear_head(self.model) is not None:
+            with torch.inference_mode():
+                features, logits = features_and_logits(self.model, self.views(x))
+            logits = merge_views(logits.float(), 1)
+            index = int(logits[0].argmax()) if index is None else index
+            heatmap = cam_from_features(self.model, features[:1], torch.tensor([index]), tuple(x.shape[-2:]))[0]
+        else:
+            tta_logits = self.logits(x) if self.tta else None
+            if index is None and tta_logits is not None:
+                index = int(tta_logits[0].argmax())  # the class the answer names, not the upright view's
+            with self.hooked().borrow() as model:
+                logits, maps = library_cam(model, x, method, None if index is None else torch.tensor([index]))
+            logits = logits if tta_logits is None else tta_logits
+            heatmap = maps[0]
         probs = ranked(calibrated_softmax(logits[0], self.temperature), self.label_names)
-        return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=maps[0])
+        return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=heatmap)
+
+
+def merge_views(logits: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean over views of view-major logits (V * n, C) -> (n, C); a no-op for one view."""
+    return logits.view(-1, n, logits.shape[-1]).mean(dim=0)

@@ -9,13 +9,20 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from eurosat.config import DEFAULT_OPENAI_MODEL, ENV_OPENAI_KEY, ENV_OPENAI_MODEL
 from eurosat.imaging import to_rgb
 
+if TYPE_CHECKING:
+    from eurosat.budget import Budget
+
 log = logging.getLogger(__name__)
+
+ENV_OPENAI_KEY = "OPENAI_API_KEY"
+ENV_OPENAI_MODEL = "OPENAI_MODEL"
+DEFAULT_OPENAI_MODEL = "gpt-4o"
 
 MAX_TIMEOUT = 30.0
 # 512 px at detail "low" is one fixed-price 85-token image, and it already shows every pixel of a
@@ -26,11 +33,13 @@ IMAGE_DETAIL = "low"
 MAX_OUTPUT_TOKENS = 300
 
 
+
 class LLMError(Exception):
     """A second opinion that could not be had. `message` is for users and never contains the key.
 
-    `kind` is one of: no_key, auth (401 or an unusable key), rate_limit (429), server (5xx), timeout,
-    connection, rejected (other 4xx), refusal, malformed, off_list. `status` is the HTTP status, if any.
+    `kind` is one of: no_key, limit (this server's budget for its own key is used up), auth (401 or an
+    unusable key), rate_limit (429), server (5xx), timeout, connection, rejected (other 4xx), refusal,
+    malformed, off_list. `status` is the HTTP status, if any.
     """
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
@@ -46,6 +55,7 @@ class SecondOpinion:
     confidence: float
     rationale: str
     model: str
+
 
 
 def no_key_message() -> str:
@@ -165,17 +175,20 @@ def _api_error(err: Exception, model: str, timeout: float) -> LLMError:
 
 
 def ask(image: Image.Image, label_names: Sequence[str], *, api_key: str | None = None, model: str | None = None,
-        timeout: float = MAX_TIMEOUT) -> SecondOpinion:
+        timeout: float = MAX_TIMEOUT, budget: Budget | None = None, client: str = "unknown") -> SecondOpinion:
     """Ask the model which of `label_names` the tile shows: one chat completion with the image.
 
     The key is the typed `api_key` if one was given, else OPENAI_API_KEY; it lives only in this
-    call's client. The endpoint is OPENAI_BASE_URL, read by the SDK. Raises LLMError on any failure.
+    call's client. A request on OPENAI_API_KEY is first counted in `budget` under `client` (see
+    `client_id`); a typed key is never counted. The endpoint is OPENAI_BASE_URL, read by the SDK.
+    Raises LLMError on any failure.
     """
     import openai
 
     if not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):  # NaN fails too
         raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} s, got {timeout!r}")
-    key = (api_key or "").strip() or os.environ.get(ENV_OPENAI_KEY, "").strip()
+    typed = (api_key or "").strip()
+    key = typed or os.environ.get(ENV_OPENAI_KEY, "").strip()
     model = model or os.environ.get(ENV_OPENAI_MODEL) or DEFAULT_OPENAI_MODEL
     try:
         if not key:
@@ -190,11 +203,13 @@ def ask(image: Image.Image, label_names: Sequence[str], *, api_key: str | None =
                 {"type": "image_url", "image_url": {"url": image_data_url(image), "detail": IMAGE_DETAIL}},
             ]},
         ]
+        if budget is not None and not typed:
+            budget.take(client)
         # A client per call, closed after it, so nothing keeps a typed key; no retries, so one click is
         # one billed request and the wait is bounded by the timeout.
-        with openai.OpenAI(api_key=key, timeout=timeout, max_retries=0) as client:
+        with openai.OpenAI(api_key=key, timeout=timeout, max_retries=0) as sdk:
             try:
-                completion = client.chat.completions.create(
+                completion = sdk.chat.completions.create(
                     model=model, messages=messages, response_format=response_format(label_names),
                     max_completion_tokens=MAX_OUTPUT_TOKENS)
             except openai.OpenAIError as err:

@@ -13,7 +13,8 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = False,
     """A timm model with a fresh `num_classes` head; ImageNet weights when `pretrained`."""
     import timm
 
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **(model_args or {}))
+    # A saved config's model_args repeat num_classes (timm records it): the head size given here wins.
+    return timm.create_model(name, pretrained=pretrained, **{**(model_args or {}), "num_classes": num_classes})
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:

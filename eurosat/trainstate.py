@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .fileio import atomic_write
+
 STATE_FILE = "train_state.safetensors"
 
 
@@ -50,17 +52,11 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
     A `kill -9` at any moment leaves either the previous complete file or the new complete file.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     meta = json.dumps(flatten(state, tensors))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"state": meta})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: f.write(save(tensors, metadata={"state": meta})))
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:

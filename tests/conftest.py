@@ -15,15 +15,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# Gradio's upload folder for the handlers called in this process; a launched app gets its own (appserver.py).
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(_SESSION_TMP, "gradio")
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("HF_TOKEN", None)
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-MINI = SHARED / "eurosat-rgb-mini"
-FULL = SHARED / "eurosat-rgb"
+# The 400-tile mini set travels with the repository; the full dataset is optional (EUROSAT_FULL_DATA,
+# else a folder beside the clone), and the checks that need it skip, saying why, when it is absent.
+MINI = REPO / "tests" / "data" / "eurosat-rgb-mini"
+FULL = Path(os.environ.get("EUROSAT_FULL_DATA", REPO.parent / "shared" / "eurosat-rgb"))
+NO_FULL_DATA = f"needs the full EuroSAT RGB dataset at {FULL} (set EUROSAT_FULL_DATA to its folder)"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -93,3 +97,16 @@ def trained_run(tmp_path_factory, mini_source) -> Path:
 def trained_checkpoint(trained_run) -> Path:
     """The checkpoint folder (config.json + model.safetensors) of `trained_run`."""
     return trained_run
+
+
+def upload(path: str | os.PathLike) -> dict:
+    """What a handler receives for an uploaded file: Gradio's FileData for a copy in its upload folder."""
+    import hashlib
+    import uuid
+
+    data = Path(path).read_bytes()
+    folder = Path(os.environ["GRADIO_TEMP_DIR"]) / hashlib.sha256(data + uuid.uuid4().bytes).hexdigest()[:20]
+    folder.mkdir(parents=True)
+    copy = folder / Path(path).name
+    copy.write_bytes(data)
+    return {"path": str(copy), "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}

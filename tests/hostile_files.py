@@ -21,8 +21,7 @@ BOMB_SIDE = 20_000
 @lru_cache(maxsize=None)
 def tile() -> Image.Image:
     """A real 64x64 EuroSAT RGB tile (River, from the test split) that the cases below are made from."""
-    with Image.open(EXAMPLES / "River.jpg") as im:
-        return im.convert("RGB")
+    return example("River")
 
 
 def encode(image: Image.Image, format: str, **params) -> bytes:
@@ -130,37 +129,94 @@ def oversized_png(size: int = OVER_UPLOAD_LIMIT) -> bytes:
     return data
 
 
-def sentinel2_cube(seed: int = 0) -> np.ndarray:
-    """A realistic (13, 64, 64) uint16 Sentinel-2 L1C tile in EuroSAT MS band order, built from the RGB tile.
+def example(name: str) -> Image.Image:
+    """The real EuroSAT tile examples/<name>.jpg (one per class), as RGB."""
+    with Image.open(EXAMPLES / f"{name}.jpg") as im:
+        return im.convert("RGB")
 
-    Reflectance x 10000 as in the release: B02-B04 follow the tile's blue, green and red with an
-    atmospheric offset, the other bands are smooth plausible levels, and a few pixels are saturated
-    cloud, which the percentile stretch has to ignore.
+
+# EuroSAT's RGB release maps L1C digital numbers to grey levels with `gdal_translate -scale 0 2750 1 255`.
+DN_WHITE, GREY_SPAN = 2750, 254
+
+
+def digital_numbers(rgb: np.ndarray) -> np.ndarray:
+    """The inverse of that scaling: the digital numbers whose EuroSAT RGB is `rgb` (grey 0 becomes no-data 0)."""
+    return np.clip(np.round((rgb.astype(np.float64) - 1) * DN_WHITE / GREY_SPAN), 0, None)
+
+
+def sentinel2_cube(rgb: np.ndarray | None = None, *, cloud: bool = True, seed: int = 0) -> np.ndarray:
+    """A realistic (13, H, W) uint16 Sentinel-2 L1C cube in EuroSAT MS band order whose true colour is `rgb`.
+
+    Reflectance x 10000 as in the release: B04, B03 and B02 are the digital numbers of the red, green
+    and blue of `rgb` (H, W, 3; default the River tile), the other bands are smooth plausible levels,
+    and with `cloud` a 4x4 corner is saturated cloud in every band.
     """
     rng = np.random.default_rng(seed)
-    rgb = np.asarray(tile(), dtype=np.float64)
+    rgb = np.asarray(tile()) if rgb is None else rgb
+    height, width = rgb.shape[:2]
     base = [1300, 0, 0, 0, 1500, 2100, 2400, 2600, 2800, 900, 20, 1900, 1200]  # B01 .. B12
-    cube = np.empty((13, 64, 64))
+    cube = np.empty((13, height, width))
     for band, level in enumerate(base):
-        cube[band] = level + rng.normal(0, 25, (64, 64))
-    cube[1] = 900 + 9 * rgb[..., 2]   # B02 blue
-    cube[2] = 600 + 10 * rgb[..., 1]  # B03 green
-    cube[3] = 400 + 12 * rgb[..., 0]  # B04 red
-    cube[:, 60:, 60:] = 9000          # a small cloud: 16 saturated pixels in every band
+        cube[band] = level + rng.normal(0, 25, (height, width))
+    for band, channel in zip((3, 2, 1), range(3)):  # B04 red, B03 green, B02 blue
+        cube[band] = digital_numbers(rgb[..., channel])
+    if cloud:
+        cube[:, -4:, -4:] = 9000
     return np.clip(np.round(cube), 0, 65535).astype(np.uint16)
 
 
-def sentinel2_tiff(layout: str = "interleaved", compression: str | None = None) -> bytes:
-    """The cube as a one-page TIFF, (64, 64, 13) pixel-interleaved like the release, or (13, 64, 64) planar."""
+def sentinel2_tiff(layout: str = "interleaved", compression: str | None = None,
+                   cube: np.ndarray | None = None) -> bytes:
+    """A cube (default `sentinel2_cube()`) as a one-page TIFF, (H, W, 13) pixel-interleaved like the release,
+    or (13, H, W) planar."""
     import tifffile
 
-    cube = sentinel2_cube()
+    cube = sentinel2_cube() if cube is None else cube
     buffer = io.BytesIO()
     if layout == "interleaved":
         tifffile.imwrite(buffer, np.moveaxis(cube, 0, -1), photometric="minisblack", planarconfig="contig",
                          compression=compression)
     else:
         tifffile.imwrite(buffer, cube, photometric="minisblack", planarconfig="separate", compression=compression)
+    return buffer.getvalue()
+
+
+# A GeoKey directory for WGS 84 / UTM zone 32N: version header, then (key, location, count, value) entries.
+# The citation lives in GeoAsciiParams (34737) and the semi-major axis in GeoDoubleParams (34736).
+UTM32N_CITATION = "WGS 84 / UTM zone 32N|"
+
+
+def geokeys(pixel_is_point: bool = False) -> tuple[int, ...]:
+    return (1, 1, 0, 5,
+            1024, 0, 1, 1,                                  # GTModelType: projected
+            1025, 0, 1, 2 if pixel_is_point else 1,         # GTRasterType: PixelIsPoint or PixelIsArea
+            1026, 34737, len(UTM32N_CITATION), 0,           # GTCitation
+            2057, 34736, 1, 0,                              # GeogSemiMajorAxis
+            3072, 0, 1, 32632)                              # ProjectedCSType: EPSG 32632
+
+
+def geotiff(pixels: np.ndarray, *, scale: tuple[float, float] = (10.0, 10.0),
+            origin: tuple[float, float] = (500000.0, 5700000.0), matrix: tuple[float, ...] | None = None,
+            pixel_is_point: bool = False, orientation: int | None = None) -> bytes:
+    """A one-page GeoTIFF of `pixels` ((H, W, 3) uint8 RGB, or a (13, H, W) cube stored interleaved).
+
+    Georeferenced by a tiepoint at the top-left pixel with a pixel scale, or by a 4x4 `matrix`.
+    """
+    import tifffile
+
+    tags = [(34735, "H", len(geokeys()), geokeys(pixel_is_point), True),
+            (34736, "d", 1, (6378137.0,), True),
+            (34737, "s", 0, UTM32N_CITATION, True)]
+    if matrix is None:
+        tags += [(33550, "d", 3, (*scale, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, *origin, 0.0), True)]
+    else:
+        tags.append((34264, "d", 16, matrix, True))
+    if orientation is not None:
+        tags.append((274, "H", 1, orientation, True))
+    cube = pixels.ndim == 3 and pixels.shape[0] == 13
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.moveaxis(pixels, 0, -1) if cube else pixels,
+                     photometric="minisblack" if cube else "rgb", planarconfig="contig", extratags=tags)
     return buffer.getvalue()
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 import subprocess
 import sys
 import urllib.request
@@ -9,6 +11,7 @@ import urllib.request
 import gradio as gr
 import numpy as np
 import pytest
+import tifffile
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -16,12 +19,12 @@ import app
 from conftest import REPO
 from eurosat import hub, llm
 from eurosat.cam import overlay
-from eurosat.config import DEFAULT_MODEL_ID, ENV_MODEL, AppConfig
+from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from eurosat.imaging import ImageError, open_image
 from eurosat.inference import Predictor
-from eurosat.ui import no_model_message
+from eurosat.ui.shared import no_model_message
 from fake_openai import FakeOpenAI, answer
-from servers import running_app
+from benchmarks.appserver import running_app
 
 FOREST = str(REPO / "examples" / "Forest.jpg")
 KEY = "sk-test-SECRET-app-0123456789"
@@ -76,8 +79,9 @@ def test_help_lists_every_option():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     options = [o for action in app.parser()._actions for o in action.option_strings if o.startswith("--")]
-    assert {"--model", "--device", "--threads", "--max-file-size"} <= set(options)
-    for name in [*options, ENV_MODEL, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "OPENAI_API_KEY", DEFAULT_MODEL_ID]:
+    assert {"--model", "--device", "--threads", "--max-file-size", "--tta", "--no-tta", "--mcp", "--no-mcp"} <= set(options)
+    for name in [*options, ENV_MODEL, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "OPENAI_API_KEY", BUNDLED_MODEL,
+                 "EUROSAT_GPT4O_CLIENT_LIMIT", "EUROSAT_GPT4O_DAILY_LIMIT"]:
         assert name in done.stdout
 
 
@@ -90,7 +94,7 @@ def test_importing_the_app_loads_nothing():
 
 def test_the_model_comes_from_the_flag_then_the_environment(monkeypatch):
     monkeypatch.delenv(ENV_MODEL, raising=False)
-    assert app.parse_config([]).model == DEFAULT_MODEL_ID
+    assert app.parse_config([]).model == str(REPO / BUNDLED_MODEL)
     monkeypatch.setenv(ENV_MODEL, "owner/from-env@v2")
     assert app.parse_config([]).model == "owner/from-env@v2"
     config = app.parse_config(["--model", "runs/quick", "--threads", "2", "--device", "auto", "--concurrency-limit",
@@ -131,9 +135,20 @@ def test_main_without_a_model_still_starts(launches, broken_checkpoint):
     assert len(banners) == 1 and "missing model.safetensors" in banners[0] and ENV_MODEL in banners[0]
 
 
-def test_readme_snippets(client, predictor, fake_llm):
+def test_readme_snippets(client, predictor, fake_llm, tmp_path, monkeypatch):
     """The README's gradio_client calls, as written there (only the URL and the key differ)."""
-    tile = handle_file(FOREST)
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "examples", "examples")
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path("examples").glob("*.jpg"))]
+    tifffile.imwrite("scene.tif", np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)]),
+                     photometric="rgb")
+    shutil.copy("examples/River.jpg", "a.png")
+    with zipfile.ZipFile("tiles.zip", "w") as archive:
+        archive.write("examples/Forest.jpg", "tiles/forest.jpg")
+        archive.write("examples/SeaLake.jpg", "tiles/more/sealake.jpg")
+    tile = handle_file("examples/Forest.jpg")
 
     result = client.predict(tile, api_name="/predict")
     expected = predictor.predict(open_image(FOREST), 5)
@@ -141,7 +156,8 @@ def test_readme_snippets(client, predictor, fake_llm):
     assert [c["label"] for c in result["confidences"]] == list(expected)
     assert [c["confidence"] for c in result["confidences"]] == pytest.approx(list(expected.values()), abs=1e-5)
 
-    heatmap_png = client.predict(tile, api_name="/gradcam")
+    heatmap_png, drawn = client.predict(tile, api_name="/gradcam")
+    assert drawn == next(iter(expected))
     with Image.open(heatmap_png) as png:
         assert (png.format, png.mode, png.size) == ("PNG", "RGB", (256, 256))
         pixels = np.asarray(png)
@@ -149,7 +165,8 @@ def test_readme_snippets(client, predictor, fake_llm):
     expected_png = overlay(rgb, predictor.analyze(open_image(FOREST)).heatmap, 0.5)
     assert np.abs(pixels.astype(int) - expected_png.astype(int)).max() <= 2
 
-    heatmap_png = client.predict(tile, class_name="River", method="GradCAM++", opacity=0.6, api_name="/gradcam")
+    heatmap_png, drawn = client.predict(tile, class_name="River", method="GradCAM++", opacity=0.6, api_name="/gradcam")
+    assert drawn == "River"
     with Image.open(heatmap_png) as png:
         river = np.asarray(png)
     expected_river = overlay(rgb, predictor.analyze(open_image(FOREST), target="River", method="GradCAM++").heatmap, 0.6)
@@ -160,6 +177,14 @@ def test_readme_snippets(client, predictor, fake_llm):
     label, probability = next(iter(expected.items()))
     opinion = llm.SecondOpinion("Forest", 0.8, "Dense canopy.", "gpt-4o")
     assert markdown == llm.format_comparison(opinion, label, probability)
+
+    scene_map, table, cells_csv, geotiff = client.predict(handle_file("scene.tif"), api_name="/scene")
+    assert Image.open(scene_map).size == (320, 128) and geotiff is None
+    assert sum(row[1] for row in table["data"]) == 10 and len(open(cells_csv).read().splitlines()) == 11
+
+    table, results_csv = client.predict([handle_file("a.png"), handle_file("tiles.zip")], api_name="/batch")
+    assert sorted(row[0] for row in table["data"]) == ["a.png", "tiles/forest.jpg", "tiles/more/sealake.jpg"]
+    assert open(results_csv).readline().startswith("file,label,probability")
 
 
 def test_predict_top_k(client):
@@ -172,8 +197,8 @@ def test_predict_top_k(client):
 
 def test_opacity_zero_is_the_tile_and_one_is_the_map(client):
     def heatmap(opacity):
-        path = client.predict(handle_file(FOREST), class_name="River", method="EigenCAM", opacity=opacity,
-                              api_name="/gradcam")
+        path, _ = client.predict(handle_file(FOREST), class_name="River", method="EigenCAM", opacity=opacity,
+                                 api_name="/gradcam")
         return np.asarray(Image.open(path)).astype(int)
 
     tile = np.asarray(Image.open(FOREST).convert("RGB")).repeat(4, axis=0).repeat(4, axis=1)
@@ -239,3 +264,54 @@ def test_without_a_model_the_app_starts_and_every_endpoint_says_why(broken_check
             config = json.load(response)
         banners = [c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "banner"]
         assert len(banners) == 1 and expected in banners[0]
+
+
+def test_a_fresh_start_serves_the_bundled_model_and_labels_every_example(tmp_path, monkeypatch):
+    """`python app.py` with no flag and no EUROSAT_MODEL: the bundled checkpoint, offline, right on all ten."""
+    bundled = REPO / BUNDLED_MODEL
+    assert sorted(p.name for p in bundled.iterdir()) == [
+        "README.md", "config.json", "confusion_matrix.png", "errors.png", "metrics.json", "model.safetensors",
+        "risk_coverage.png"]
+    assert sum(p.stat().st_size for p in bundled.iterdir()) <= 10 * 1024 * 1024
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    with running_app(log_dir=tmp_path / "logs") as fresh:
+        client = Client(fresh.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        for tile in sorted((REPO / "examples").glob("*.jpg")):
+            assert client.predict(handle_file(str(tile)), api_name="/predict")["label"] == tile.stem
+        assert "Traceback" not in fresh.output() and "huggingface.co" not in fresh.output()
+
+
+def mosaic(tiles: list[np.ndarray], columns: int) -> np.ndarray:
+    rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
+    return np.concatenate(rows, axis=0)
+
+
+def test_scene_needs_only_the_image_and_matches_predict_cell_by_cell(client, predictor, tmp_path):
+    import csv
+
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO / "examples").glob("*.jpg"))[:6]]
+    path = tmp_path / "mosaic.png"
+    Image.fromarray(mosaic(tiles, 3)).save(path)
+    picture, table, cells_csv, geotiff = client.predict(handle_file(str(path)), api_name="/scene")
+    assert Image.open(picture).size == (192, 128) and geotiff is None
+    rows = list(csv.DictReader(open(cells_csv)))
+    assert [(int(r["x"]), int(r["y"])) for r in rows] == [(64 * (i % 3), 64 * (i // 3)) for i in range(6)]
+    for row, tile in zip(rows, tiles):
+        expected = predictor.predict(Image.fromarray(tile), 1)
+        assert row["label"] == next(iter(expected))
+        assert float(row["probability"]) == pytest.approx(next(iter(expected.values())), abs=1e-4)
+    assert sum(r[1] for r in table["data"]) == 6
+
+
+def test_batch_labels_every_file_by_its_own_name(client, predictor, tmp_path):
+    import csv
+
+    files = sorted((REPO / "examples").glob("*.jpg"))[:4]
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    table, results = client.predict([handle_file(str(f)) for f in [*files, text]], api_name="/batch")
+    rows = {r["file"]: r for r in csv.DictReader(open(results))}
+    assert set(rows) == {f.name for f in files} | {"notes.png"}
+    assert "holds text" in rows["notes.png"]["error"] and table["data"][0][0] == "notes.png"
+    for f in files:
+        assert rows[f.name]["label"] == next(iter(predictor.predict(open_image(f), 1)))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eurosat import bench, pipebench
+from benchmarks import inference as bench, pipeline as pipebench
 
 
 def test_summary_uses_nearest_rank_percentiles():

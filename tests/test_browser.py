@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,8 +17,7 @@ from eurosat import hub
 from eurosat.cam import overlay
 from eurosat.imaging import open_image
 from eurosat.inference import Predictor
-from eurosat.llm import no_key_message
-from servers import running_app
+from benchmarks.appserver import running_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright cannot download its own browser here; Debian's runs headless with these flags, and the
@@ -52,9 +52,25 @@ def screenshots(tmp_path):
         shutil.copytree(folder, target, dirs_exist_ok=True)
 
 
+def launch(playwright, **viewport):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport=viewport or {"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    return browser, page
+
+
+def watch_console(page) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    return errors
+
+
 def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
+
+    from fake_openai import FakeOpenAI, answer
 
     path = str(REPO / "examples" / f"{EXAMPLE}.jpg")
     predictor = Predictor(hub.load(str(trained_checkpoint)))
@@ -62,59 +78,134 @@ def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
     top1 = next(iter(expected))
     expected_png = overlay(np.asarray(Image.open(path).convert("RGB")), predictor.analyze(open_image(path)).heatmap,
                            0.5)
+    llm = FakeOpenAI().start()
+    llm.reply(200, answer("River", 0.7, "A band of water."))
+    try:
+        with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "logs",
+                         env={"OPENAI_BASE_URL": llm.base_url}) as server, sync_playwright() as playwright:
+            browser, page = launch(playwright)
+            console_errors = watch_console(page)
+            try:
+                page.goto(server.url)
 
-    console_errors = []
-    with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "logs") as server, \
-            sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-            page.on("pageerror", lambda error: console_errors.append(f"uncaught: {error}"))
-            page.goto(server.url)
+                # 1. The gallery shows one enlarged tile per class; the model line names the model, not a path.
+                thumbnails = page.locator("#examples img")
+                expect(thumbnails).to_have_count(10)
+                expect(page.locator(f"#examples img[alt='{EXAMPLE}']")).to_be_visible()
+                expect(page.locator("#model-line")).to_contain_text(f"Model: {trained_checkpoint.name}")
+                assert str(trained_checkpoint.parent) not in page.locator("#model-line").inner_text()
+                page.screenshot(path=screenshots / "1-start.png", full_page=True)
 
-            # 1. The gallery shows one enlarged tile per class.
-            thumbnails = page.locator("#examples img")
-            expect(thumbnails).to_have_count(10)
-            expect(page.locator(f"#examples img[alt='{EXAMPLE}']")).to_be_visible()
-            page.screenshot(path=screenshots / "1-start.png", full_page=True)
+                # 2. Clicking an example runs the analysis at once: the label is the model's top-1.
+                page.locator(f"#examples img[alt='{EXAMPLE}']").click()
+                expect(page.locator("#prediction [data-testid='label-output-value']")).to_have_text(top1)
+                expect(page.locator("#prediction dt")).to_have_text(list(expected))
+                shown = page.locator("#prediction meter").evaluate_all("meters => meters.map(m => m.value)")
+                assert shown == pytest.approx(list(expected.values()), abs=1e-4)
+                tile = page.locator("#tile img")
+                assert tile.evaluate("img => img.getBoundingClientRect().width") > 4 * 64  # enlarged, not 64 px
+                expect(page.locator("#meaning")).to_contain_text(top1)
+                expect(page.locator("#download")).to_be_visible()
+                page.screenshot(path=screenshots / "2-prediction.png", full_page=True)
 
-            # 2. Clicking an example runs the analysis at once: the label is the model's top-1.
-            page.locator(f"#examples img[alt='{EXAMPLE}']").click()
-            expect(page.locator("#prediction [data-testid='label-output-value']")).to_have_text(top1)
-            expect(page.locator("#prediction dt")).to_have_text(list(expected))
-            shown = page.locator("#prediction meter").evaluate_all("meters => meters.map(m => m.value)")
-            assert shown == pytest.approx(list(expected.values()), abs=1e-4)
-            tile = page.locator("#tile img")
-            assert tile.evaluate("img => img.getBoundingClientRect().width") > 4 * 64  # enlarged, not 64 px
-            page.screenshot(path=screenshots / "2-prediction.png", full_page=True)
+                # 3. The Grad-CAM tab shows the heatmap, a PNG equal to the one computed here, and its class.
+                page.get_by_role("tab", name="Grad-CAM").click()
+                heatmap = page.locator("#cam img")
+                expect(heatmap).to_be_visible()
+                page.wait_for_function("() => document.querySelector('#cam img')?.naturalWidth > 0")
+                response = page.request.get(heatmap.get_attribute("src"))
+                assert response.ok
+                with Image.open(io.BytesIO(response.body())) as png:
+                    assert (png.format, png.size) == ("PNG", (256, 256))
+                    pixels = np.asarray(png.convert("RGB")).astype(int)
+                assert np.abs(pixels - expected_png.astype(int)).max() <= 2
+                expect(page.locator("#cam-class textarea")).to_have_value(top1)
+                page.screenshot(path=screenshots / "3-gradcam.png", full_page=True)
 
-            # 3. The Grad-CAM tab shows the heatmap, a PNG equal to the one computed here.
-            page.get_by_role("tab", name="Grad-CAM").click()
-            heatmap = page.locator("#cam img")
-            expect(heatmap).to_be_visible()
-            page.wait_for_function("() => document.querySelector('#cam img')?.naturalWidth > 0")
-            response = page.request.get(heatmap.get_attribute("src"))
-            assert response.ok
-            with Image.open(io.BytesIO(response.body())) as png:
-                assert (png.format, png.size) == ("PNG", (256, 256))
-                pixels = np.asarray(png.convert("RGB")).astype(int)
-            assert np.abs(pixels - expected_png.astype(int)).max() <= 2
-            page.screenshot(path=screenshots / "3-gradcam.png", full_page=True)
+                # 4. With no key the button says what it needs; a pasted key enables it, the answer shows,
+                # the key field is emptied, and a new example clears the answer.
+                page.get_by_role("tab", name="GPT-4o").click()
+                expect(page.locator("#gpt4o")).to_contain_text("no OpenAI API key is set")
+                ask = page.locator("#ask")
+                expect(ask).to_be_disabled()
+                expect(ask).to_contain_text("Paste an OpenAI API key")
+                page.get_by_label("OpenAI API key (optional)").fill("sk-test-browser-0123456789")
+                expect(ask).to_be_enabled()
+                ask.click()
+                expect(page.locator("#gpt4o")).to_contain_text("A band of water.")
+                expect(page.get_by_label("OpenAI API key (optional)")).to_have_value("")
+                page.screenshot(path=screenshots / "4-gpt4o.png", full_page=True)
+                page.locator("#examples img[alt='SeaLake']").click()
+                expect(page.locator("#gpt4o")).not_to_contain_text("A band of water.")
+                expect(page.locator("#gpt4o")).to_contain_text("no OpenAI API key is set")
 
-            # 4. With no key, the GPT-4o tab says how to turn it on; asking anyway says the same, in a toast.
-            page.get_by_role("tab", name="GPT-4o").click()
-            expect(page.locator("#gpt4o")).to_contain_text("no OpenAI API key is set")
-            page.get_by_role("button", name="Ask GPT-4o").click()
-            expect(page.get_by_text(no_key_message()).first).to_be_visible()
-            page.screenshot(path=screenshots / "4-gpt4o.png", full_page=True)
-        finally:
-            browser.close()
+                # 5. The Model panel shows what is served.
+                page.locator("#model-panel").get_by_text("Model: what is served").click()
+                expect(page.locator("#model-facts")).to_contain_text("Test top-1")
+                expect(page.locator("#model-facts")).to_contain_text("Notice below")
+                page.screenshot(path=screenshots / "5-model.png", full_page=True)
 
-    assert sorted(p.name for p in screenshots.iterdir()) == ["1-start.png", "2-prediction.png", "3-gradcam.png",
-                                                              "4-gpt4o.png"]
+                # 6. The Scene tab maps a mosaic of real tiles, with its legend, table and downloads.
+                tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO / "examples").glob("*.jpg"))]
+                mosaic = np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)], axis=0)
+                Image.fromarray(mosaic).save(tmp_path / "mosaic.png")
+                page.get_by_role("tab", name="Scene map").click()
+                page.locator("#scene-input input[type=file]").set_input_files(str(tmp_path / "mosaic.png"))
+                page.locator("#scene-run").click()
+                page.wait_for_function("() => document.querySelector('#scene-map img')?.naturalWidth > 0")
+                expect(page.locator("#scene-table")).to_contain_text("share of area")
+                expect(page.locator("#scene-legend")).to_contain_text("Forest")
+                expect(page.locator("#scene-csv a").first).to_have_attribute("href", re.compile(r"mosaic_cells\.csv$"))
+                page.screenshot(path=screenshots / "6-scene.png", full_page=True)
+
+                # 7. The Batch tab lists many tiles, the least confident first.
+                page.get_by_role("tab", name="Batch").click()
+                page.locator("#batch-input input[type=file]").set_input_files(
+                    [str(p) for p in sorted((REPO / "examples").glob("*.jpg"))])
+                page.locator("#batch-run").click()
+                expect(page.locator("#batch-table")).to_contain_text("Forest.jpg")
+                expect(page.locator("#batch-csv a").first).to_have_attribute("href", re.compile(r"batch_results\.csv$"))
+                page.screenshot(path=screenshots / "7-batch.png", full_page=True)
+            finally:
+                browser.close()
+    finally:
+        llm.stop()
+
+    assert sorted(p.name for p in screenshots.iterdir()) == [
+        "1-start.png", "2-prediction.png", "3-gradcam.png", "4-gpt4o.png", "5-model.png", "6-scene.png", "7-batch.png"]
     assert console_errors == []
+
+
+def test_phone_and_failures(trained_checkpoint, tmp_path, screenshots):
+    """On a 390 px screen the answer comes into view; without a model, an example click says so in the panel."""
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((trained_checkpoint / "config.json").read_text())
+    with sync_playwright() as playwright:
+        with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "ok") as server:
+            browser, page = launch(playwright, width=390, height=844)
+            try:
+                page.goto(server.url)
+                page.locator(f"#examples img[alt='{EXAMPLE}']").click()
+                expect(page.locator("#prediction [data-testid='label-output-value']")).not_to_be_empty()
+                page.wait_for_timeout(500)
+                top = page.locator("#prediction").evaluate("e => e.getBoundingClientRect().top")
+                assert 0 <= top < 844, f"the answer is out of view on a phone (top {top} px)"
+                page.screenshot(path=screenshots / "8-phone.png")
+            finally:
+                browser.close()
+        with running_app("--model", str(broken), log_dir=tmp_path / "broken-logs") as server:
+            browser, page = launch(playwright)
+            try:
+                page.goto(server.url)
+                page.locator(f"#examples img[alt='{EXAMPLE}']").click()
+                expect(page.locator("#notice")).to_contain_text("No model is loaded")
+                page.screenshot(path=screenshots / "9-no-model.png", full_page=True)
+            finally:
+                browser.close()
 
 
 def test_without_chromium_it_skips_unless_required(monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image, ImageFile
 
 import hostile_files as hf
 from conftest import REPO
-from servers import running_app
+from benchmarks.appserver import running_app
 
 CASES = hf.CASES
 RSS_TOLERANCE = 0.20
@@ -64,7 +64,7 @@ def expected_message(path: Path) -> str:
 def expected_overlay(predictor, path: Path) -> np.ndarray:
     from eurosat.cam import overlay
     from eurosat.imaging import open_image
-    from eurosat.ui import display_rgb
+    from eurosat.ui.shared import display_rgb
 
     image = open_image(path)
     return overlay(display_rgb(image), predictor.analyze(image).heatmap, 0.5)
@@ -105,7 +105,8 @@ def test_gradcam(case, client, files, predictor):
         print(f"observed /gradcam {case.name}: error {message!r}")
         assert case.error in message and message == expected_message(path)
         return
-    with Image.open(client.predict(handle_file(str(path)), api_name="/gradcam")) as png:
+    heatmap, _ = client.predict(handle_file(str(path)), api_name="/gradcam")
+    with Image.open(heatmap) as png:
         got = np.asarray(png.convert("RGB"), dtype=np.int16)
     expected = expected_overlay(predictor, path)
     print(f"observed /gradcam {case.name}: {got.shape[1]}x{got.shape[0]} heatmap")
@@ -117,19 +118,17 @@ def test_gradcam(case, client, files, predictor):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_page_handler(case, files, predictor):
     """The page's own event (upload -> label, notice, heatmap) gives the same messages as the API."""
-    import gradio as gr
-
+    from conftest import upload
     from eurosat.config import AppConfig
-    from eurosat.ui import TOP1, Handlers
+    from eurosat.ui.page import Page
+    from eurosat.ui.shared import TOP1, Served
 
-    handlers = Handlers(predictor, config=AppConfig(examples_dir=None))
-    upload = {"path": str(files[case.name]), "orig_name": case.filename}
+    page = Page(Served(predictor, config=AppConfig(examples_dir=None)))
+    sent = upload(files[case.name])
+    label, notice, _, heatmap, _, shown, _, _ = page.show(sent, 5, TOP1, "GradCAM", 0.5)
     if case.error:
-        with pytest.raises(gr.Error) as error:
-            handlers.show(upload, 5, TOP1, "GradCAM", 0.5)
-        assert error.value.message == expected_message(files[case.name])
+        assert notice == f"⚠️ {expected_message(files[case.name])}" and label is None
         return
-    label, _, heatmap, shown = handlers.show(upload, 5, TOP1, "GradCAM", 0.5)
     assert len(label) == 5 and abs(sum(shown.analysis.probabilities.values()) - 1) < 1e-4
     got = np.asarray(heatmap.convert("RGB"), dtype=np.int16)
     expected = expected_overlay(predictor, files[case.name])
@@ -246,7 +245,7 @@ def test_fifty_concurrent_mixed_requests(server, files, good_tiles, predictor, t
                 failed_good.append((path.name, api, repr(outcome)))
             elif api == "/predict" and outcome["label"] != next(iter(predictor.predict(open_image(path), 1))):
                 failed_good.append((path.name, api, outcome["label"]))
-            elif api == "/gradcam" and not Path(outcome).is_file():
+            elif api == "/gradcam" and not Path(outcome[0]).is_file():
                 failed_good.append((path.name, api, outcome))
         elif not (isinstance(outcome, AppError) and error in str(outcome)):
             wrong_bad.append((path.name, api, repr(outcome)))

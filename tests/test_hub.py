@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eurosat import hub
-from eurosat.hub import CheckpointError, PushError
+from eurosat.hub import CheckpointError
+from eurosat.publish import PushError, push
 from eurosat.model import build_model
 from eurosat.transforms import DataConfig, eval_transform
 from fake_hub import FakeHub, use_fake_hub
@@ -206,13 +207,29 @@ def _binary(folder):
     (_binary, "config.json is not valid JSON"),
     (_list, "config.json names no 'architecture'"),
     (lambda f: edit_config(f, architecture=""), "config.json names no 'architecture'"),
-    (lambda f: edit_config(f, label_names=None), "config.json has no 'label_names' list"),
-    (lambda f: edit_config(f, label_names=[]), "config.json has no 'label_names' list"),
+    (lambda f: edit_config(f, label_names=None), "config.json: 'label_names' must be a list of class names"),
+    (lambda f: edit_config(f, label_names=[]), "config.json: 'label_names' must be a list of class names"),
+    (lambda f: edit_config(f, label_names={"0": "Forest"}), "config.json: 'label_names' must be a list of class names"),
+    (lambda f: edit_config(f, label_names=[1, 2]), "config.json: 'label_names' must be a list of class names"),
+    (lambda f: edit_config(f, label_names=["Forest"] * 10),
+     "config.json: 'label_names' must be distinct, but 'Forest' appear more than once"),
     (lambda f: edit_config(f, label_names=list("abcdefghi")),
-     "config.json is inconsistent: num_classes is 10 but there are 9 label_names"),
-    (lambda f: edit_config(f, pretrained_cfg={"mean": [0.5] * 3}), "config.json has no pretrained_cfg.input_size"),
-    (lambda f: edit_config(f, temperature=0), "config.json has temperature 0; it must be a positive number"),
-    (lambda f: edit_config(f, temperature="warm"), "config.json has temperature 'warm'; it must be a positive"),
+     "config.json: 'num_classes' is 10 but there are 9 label_names"),
+    (lambda f: edit_config(f, pretrained_cfg={"mean": [0.5] * 3}),
+     "config.json: it has no 'pretrained_cfg.input_size'"),
+    (lambda f: edit_config(f, pretrained_cfg={"input_size": [3, 4096, 4096], "mean": [0.5] * 3, "std": [0.5] * 3}),
+     "config.json: 'pretrained_cfg.input_size' is [3, 4096, 4096]; it must be 3 channels and 8 to 1024 pixels"),
+    (lambda f: edit_config(f, pretrained_cfg={"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0, 1, 1]}),
+     "config.json: 'pretrained_cfg.std' is [0, 1, 1]; every value must be positive"),
+    (lambda f: edit_config(f, model_args={"checkpoint_path": "/etc/evil.pth"}),
+     "config.json: 'model_args' may not set checkpoint_path"),
+    (lambda f: edit_config(f, model_args={"pretrained_cfg_overlay": {"file": "/etc/evil.pth"}}),
+     "config.json: 'model_args' may not set pretrained_cfg_overlay"),
+    (lambda f: edit_config(f, model_args=["x"]), "config.json: 'model_args' must be a JSON object"),
+    (lambda f: edit_config(f, temperature=0), "config.json: 'temperature' is 0; it must be a positive number"),
+    (lambda f: edit_config(f, temperature="warm"), "config.json: 'temperature' is 'warm'; it must be a positive"),
+    (lambda f: edit_config(f, notice_threshold=1.5), "config.json: 'notice_threshold' is 1.5; it must be a probability"),
+    (lambda f: edit_config(f, tta="yes"), "config.json: 'tta' is 'yes'; it must be true or false"),
     (lambda f: edit_config(f, architecture="no_such_architecture"),
      "config.json describes a model timm cannot build"),
 ])
@@ -371,7 +388,7 @@ def test_push_without_a_token_says_how_to_get_one(tmp_path, ckpt):
     folder = copy_checkpoint(ckpt.folder, tmp_path / "run")
     before = _snapshot(folder)
     with pytest.raises(PushError) as err:
-        hub.push(folder, "owner/model")
+        push(folder, "owner/model")
     assert "no Hugging Face token (set HF_TOKEN or run `hf auth login`)" in str(err.value)
     assert str(err.value).endswith(f"The local output is intact. Retry with: python train.py push {folder} owner/model")
     assert _snapshot(folder) == before
@@ -385,7 +402,7 @@ def test_push_refused_by_the_hub(tmp_path, hf_cache, monkeypatch, ckpt, status, 
     with FakeHub(push_status=status) as fake:
         use_fake_hub(monkeypatch, fake)
         with pytest.raises(PushError) as err:
-            hub.push(folder, "owner/model", private=True, token=TOKEN)
+            push(folder, "owner/model", private=True, token=TOKEN)
     assert f"Could not upload {folder} to 'owner/model': {reason}" in str(err.value)
     assert str(err.value).endswith(f"Retry with: python train.py push {folder} owner/model --private")
     assert TOKEN not in str(err.value)
@@ -397,7 +414,7 @@ def test_push_refused_by_the_hub(tmp_path, hf_cache, monkeypatch, ckpt, status, 
 def test_push_while_offline(tmp_path, ckpt):
     folder = copy_checkpoint(ckpt.folder, tmp_path / "run")
     with pytest.raises(PushError) as err:
-        hub.push(folder, "owner/model", token=TOKEN)
+        push(folder, "owner/model", token=TOKEN)
     assert f"Could not upload {folder} to 'owner/model': the Hub could not be reached (offline?)" in str(err.value)
     assert TOKEN not in str(err.value)
 

@@ -15,8 +15,9 @@ from PIL import Image, ImageFile
 
 import hostile_files as hf
 from eurosat.config import MAX_PIXELS
-from eurosat.imaging import (SENTINEL2_RGB, ImageError, open_image, shrink, stretch, to_rgb,
-                             to_tensor)
+from eurosat.imaging import reduced as reduce_uniformly
+from eurosat.imaging import (EUROSAT_DN_WHITE, SENTINEL2_RGB, ImageError, open_georeferenced, open_image,
+                             reflectance_to_rgb, shrink, to_rgb, to_tensor)
 from eurosat.transforms import DataConfig, eval_transform
 
 INPUT = (64, 64)
@@ -187,18 +188,23 @@ def test_exif_rotation_is_honoured(tmp_path, orientation):
     assert np.abs(got - pixels(hf.upright_marker())).mean() < 3
 
 
-def expected_sentinel_rgb() -> np.ndarray:
-    """The spec, written out independently: B04, B03, B02, each stretched between its 2nd and 98th percentiles."""
-    cube = hf.sentinel2_cube().astype(np.float64)
+def fixed_scaling(dn: np.ndarray) -> np.ndarray:
+    """EuroSAT's RGB scaling, written out independently: gdal_translate -scale 0 2750 1 255, 0 for no-data."""
+    grey = np.clip(np.round(1 + dn.astype(np.float64) * 254 / 2750), 1, 255)
+    return np.where(dn > 0, grey, 0)
+
+
+def percentile_stretch(bands: np.ndarray) -> np.ndarray:
+    """The per-image 2-98% stretch this module used before: what the fixed scaling replaced."""
     out = []
-    for band in (3, 2, 1):
-        low, high = np.percentile(cube[band], [2, 98])
-        out.append(np.round(np.clip((cube[band] - low) / (high - low), 0, 1) * 255))
+    for band in bands.astype(np.float64):
+        low, high = np.percentile(band, [2, 98])
+        out.append(np.round(np.clip((band - low) / (high - low), 0, 1) * 255))
     return np.stack(out, axis=-1)
 
 
 @pytest.mark.parametrize("layout,compression", [("interleaved", None), ("planar", None), ("interleaved", "zlib")])
-def test_sentinel2_geotiff_becomes_true_colour(tmp_path, layout, compression):
+def test_sentinel2_geotiff_becomes_the_eurosat_rgb_it_was_made_from(tmp_path, layout, compression):
     data = hf.sentinel2_tiff(layout, compression)
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         assert tif.pages.first.shape == ((64, 64, 13) if layout == "interleaved" else (13, 64, 64))
@@ -206,21 +212,86 @@ def test_sentinel2_geotiff_becomes_true_colour(tmp_path, layout, compression):
     image = open_image(put(tmp_path, "EuroSAT_MS.tif", data))
     got = pixels(image)
     assert image.size == (64, 64)
-    assert np.abs(got - expected_sentinel_rgb()).max() <= 1
-    assert (got[60:, 60:] == 255).all()  # the saturated cloud, clipped by the stretch
-    # B04, B03 and B02 were the bands used: each channel follows the matching channel of the real tile.
-    tile = pixels(hf.tile())[:60, :60].reshape(-1, 3)
-    for channel in range(3):
-        assert np.corrcoef(got[:60, :60].reshape(-1, 3)[:, channel], tile[:, channel])[0, 1] > 0.95
+    # B04, B03 and B02, scaled back exactly to the real tile's pixels the cube was made from.
+    assert np.array_equal(got[:60, :60], pixels(hf.tile())[:60, :60])
+    assert (got[60:, 60:] == 255).all()  # the saturated cloud
     assert SENTINEL2_RGB == (3, 2, 1)
 
 
-def test_three_band_sixteen_bit_tiff_is_stretched(tmp_path):
+def test_dark_forest_stays_dark_where_the_old_stretch_made_it_contrasty(tmp_path):
+    forest = np.asarray(hf.example("Forest"))
+    cube = hf.sentinel2_cube(forest, cloud=False)
+    got = pixels(open_image(put(tmp_path, "forest.tif", hf.sentinel2_tiff(cube=cube))))
+    assert np.abs(got - forest).max() <= 1
+    assert forest.mean() < 80  # a real forest tile is dark...
+    stretched = percentile_stretch(cube[[3, 2, 1]])
+    assert stretched.mean() > forest.mean() + 40  # ...and the per-image stretch made it a bright, contrasty one
+    assert stretched.std() > 2 * forest.std()
+
+
+def test_three_band_sixteen_bit_tiff_is_read_as_reflectance(tmp_path):
     image = open_image(put(tmp_path, "rgb16.tif", hf.multiband_tiff(3)))
-    got = pixels(image)
+    with tifffile.TiffFile(io.BytesIO(hf.multiband_tiff(3))) as tif:
+        dn = tif.pages.first.asarray()
     assert image.size == (32, 32)
-    assert got.min() == 0 and got.max() == 255  # the 2% tails clip to the ends of the range
-    assert 60 < got.mean() < 200
+    assert np.array_equal(pixels(image), fixed_scaling(dn))
+    assert (dn > 2750).any() and (pixels(image)[dn > 2750] == 255).all()
+
+
+def test_float_reflectance_tiff_as_a_fraction_or_as_digital_numbers(tmp_path):
+    forest = np.asarray(hf.example("Forest"))
+    dn = hf.digital_numbers(forest)
+    for name, data in (("fraction.tif", (dn / 10000).astype(np.float32)), ("dn.tif", dn.astype(np.float32))):
+        path = tmp_path / name
+        tifffile.imwrite(path, data, photometric="rgb")
+        assert np.abs(pixels(open_image(path)) - forest).max() <= 1, name
+
+
+def test_geotiff_tags_are_read_with_the_pixels(tmp_path):
+    forest = np.asarray(hf.example("Forest"))
+    image, geo = open_georeferenced(put(tmp_path, "geo.tif", hf.geotiff(forest)))
+    assert np.array_equal(pixels(image), forest)
+    assert geo == {33550: (10.0, 10.0, 0.0), 33922: (0.0, 0.0, 0.0, 500000.0, 5700000.0, 0.0),
+                   34735: hf.geokeys(), 34736: (6378137.0,), 34737: hf.UTM32N_CITATION}
+    cube = hf.sentinel2_cube(forest, cloud=False)
+    image, geo = open_georeferenced(put(tmp_path, "ms.tif", hf.geotiff(cube, matrix=tuple(range(16)))))
+    assert np.abs(pixels(image) - forest).max() <= 1
+    assert geo[34264] == tuple(float(v) for v in range(16)) and 33550 not in geo
+
+
+def test_files_without_usable_georeferencing_have_none(tmp_path):
+    forest = np.asarray(hf.example("Forest"))
+    assert open_georeferenced(put(tmp_path, "a.png", hf.encode(hf.example("Forest"), "PNG")))[1] is None
+    assert open_georeferenced(put(tmp_path, "plain.tif", hf.encode(hf.example("Forest"), "TIFF")))[1] is None
+    # Stored rotated: the decoded pixels are turned, so the tags would place them wrongly.
+    image, geo = open_georeferenced(put(tmp_path, "rotated.tif", hf.geotiff(forest, orientation=6)))
+    assert image.size == (64, 64) and geo is None
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+    width, height = 7360, 4912  # a 36-megapixel photo
+    path = put(tmp_path, "photo.jpg", hf.encode(hf.tile().resize((width, height)), "JPEG", quality=90))
+    full = open_image(path)
+    calls = spy_on_decoding(monkeypatch)
+    reduced = open_image(path, reduce_to=INPUT)
+    assert calls and all(w <= width // 8 and h <= height // 8 for w, h in calls)  # never the full size
+    assert reduced.size == reduce_uniformly(Image.new("RGB", (width // 8, height // 8)), INPUT).size
+    assert abs(reduced.size[0] / reduced.size[1] - width / height) < 0.02  # the photo keeps its shape
+    # What the model sees differs from decoding every pixel only by the DCT scaling's rounding.
+    std = torch.tensor(DATA_CONFIG.std).view(3, 1, 1) * 255
+    seen = [eval_transform(DATA_CONFIG)(to_tensor(im, INPUT).unsqueeze(0))[0] * std for im in (full, reduced)]
+    assert float((seen[0] - seen[1]).abs().mean()) < 2.0
+
+
+def test_reduce_to_leaves_tiles_alone_and_keeps_the_header_check_first(tmp_path, monkeypatch):
+    for name, data in (("tile.png", hf.encode(hf.tile(), "PNG")), ("tile.jpg", hf.encode(hf.tile(), "JPEG"))):
+        path = put(tmp_path, name, data)
+        assert np.array_equal(pixels(open_image(path, reduce_to=INPUT)), pixels(open_image(path)))
+    path = put(tmp_path, "big.jpg", hf.encode(hf.tile().resize((2000, 1000)), "JPEG"))
+    calls = spy_on_decoding(monkeypatch)
+    assert refused(path, max_pixels=1_000_000, reduce_to=INPUT).startswith(
+        "The image is 2000x1000 pixels, over the limit of 1,000,000")
+    assert calls == []
 
 
 @pytest.mark.parametrize("bands", [2, 4, 12])
@@ -247,12 +318,11 @@ def test_damaged_multiband_tiff(tmp_path):
         message.startswith("This TIFF could not be decoded (ADOBE_DEFLATE compression)")
 
 
-def test_stretch_handles_constant_and_non_finite_bands():
-    bands = np.stack([np.full((4, 4), 7.0), np.full((4, 4), np.nan), np.arange(16.0).reshape(4, 4)])
-    bands[2, 0, 0] = np.inf
-    out = stretch(bands)
-    assert out.dtype == np.uint8 and (out[0] == 0).all() and (out[1] == 0).all()
-    assert out[2, 0, 0] == 0 and out[2, -1, -1] == 255
+def test_fixed_scaling_of_edge_values():
+    bands = np.array([[[0.0, -5.0, np.nan, np.inf, 1.0, 2750.0, 9000.0, 1375.0]]])
+    assert reflectance_to_rgb(bands).tolist() == [[[0, 0, 0, 0, 1, 255, 255, 128]]]
+    assert reflectance_to_rgb(np.array([[[1000]]], dtype=np.uint16)).dtype == np.uint8
+    assert EUROSAT_DN_WHITE == 2750
 
 
 # Every PIL mode.

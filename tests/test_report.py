@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from eurosat import report
+from eurosat import card as cards, fileio, metrics as scoring, plots, report
 
 NAMES3 = ["a", "b", "c"]
 
@@ -36,7 +36,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_hand_computed_three_class_example():
-    m = report.classification_metrics(HAND_PROBS, HAND_LABELS, NAMES3, n_bins=5)
+    m = scoring.classification_metrics(HAND_PROBS, HAND_LABELS, NAMES3, n_bins=5)
     assert m["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
     assert m["top1"] == pytest.approx(0.5)
     a, b, c = (m["per_class"][n] for n in NAMES3)
@@ -52,7 +52,7 @@ def test_hand_computed_three_class_example():
 
 
 def test_metrics_are_plain_json_types():
-    m = report.classification_metrics(HAND_PROBS.astype(np.float32), HAND_LABELS.astype(np.int32), NAMES3)
+    m = scoring.classification_metrics(HAND_PROBS.astype(np.float32), HAND_LABELS.astype(np.int32), NAMES3)
     assert json.loads(json.dumps(m, allow_nan=False)) == m
     assert type(m["top1"]) is float and type(m["num_images"]) is int
     assert all(type(v) is int for row in m["confusion_matrix"] for v in row)
@@ -64,7 +64,7 @@ def test_all_correct_ece_is_one_minus_mean_confidence():
     logits = rng.normal(size=(300, 10))
     logits[np.arange(300), labels] += 4 + 3 * rng.random(300)  # the true class always wins, by varying margins
     probs = softmax(logits)
-    m = report.classification_metrics(probs, labels, [str(i) for i in range(10)])
+    m = scoring.classification_metrics(probs, labels, [str(i) for i in range(10)])
     assert m["top1"] == 1.0 and m["top5"] == 1.0 and m["macro_f1"] == 1.0
     assert m["ece"] == pytest.approx(1 - probs.max(axis=1).mean(), abs=1e-12)
     assert 0.01 < m["ece"] < 0.3
@@ -72,7 +72,7 @@ def test_all_correct_ece_is_one_minus_mean_confidence():
 
 def test_class_without_images_and_class_never_predicted():
     probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.1, 0.6]])
-    m = report.classification_metrics(probs, np.array([0, 0]), NAMES3)
+    m = scoring.classification_metrics(probs, np.array([0, 0]), NAMES3)
     assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert m["per_class"]["a"]["f1"] == pytest.approx(2 / 3)
@@ -87,7 +87,7 @@ def test_agrees_with_scikit_learn_on_random_predictions():
     logits = rng.normal(size=(400, 10)) * 2
     logits[np.arange(400), labels] += rng.normal(1.5, 1.5, 400)
     probs = softmax(logits)
-    m = report.classification_metrics(probs, labels, [str(i) for i in range(10)])
+    m = scoring.classification_metrics(probs, labels, [str(i) for i in range(10)])
     preds = probs.argmax(1)
     p, r, f, s = sk.precision_recall_fscore_support(labels, preds, labels=range(10), zero_division=0)
     assert [m["per_class"][str(i)]["precision"] for i in range(10)] == pytest.approx(p)
@@ -102,8 +102,8 @@ def test_agrees_with_scikit_learn_on_random_predictions():
 
 
 def test_torch_tensors_give_the_same_metrics():
-    expected = report.classification_metrics(HAND_PROBS, HAND_LABELS, NAMES3)
-    assert report.classification_metrics(torch.tensor(HAND_PROBS), torch.tensor(HAND_LABELS), NAMES3) == expected
+    expected = scoring.classification_metrics(HAND_PROBS, HAND_LABELS, NAMES3)
+    assert scoring.classification_metrics(torch.tensor(HAND_PROBS), torch.tensor(HAND_LABELS), NAMES3) == expected
 
 
 @pytest.mark.parametrize("probs, labels, message", [
@@ -116,11 +116,11 @@ def test_torch_tensors_give_the_same_metrics():
 ])
 def test_bad_inputs_get_specific_messages(probs, labels, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        report.classification_metrics(probs, labels, NAMES3)
+        scoring.classification_metrics(probs, labels, NAMES3)
 
 
 def test_row_normalise_gives_fractions_and_zero_rows_for_empty_classes():
-    out = report.row_normalise([[3, 1], [0, 0]])
+    out = scoring.row_normalise([[3, 1], [0, 0]])
     assert out.tolist() == [[0.75, 0.25], [0.0, 0.0]]
 
 
@@ -131,8 +131,8 @@ def _dark_blue_pixels(path) -> int:
 
 
 def test_confusion_matrix_image_shows_the_matrix(tmp_path, label_names):
-    perfect = report.save_confusion_matrix(np.eye(10, dtype=int) * 10, label_names, tmp_path / "perfect.png")
-    uniform = report.save_confusion_matrix(np.ones((10, 10), dtype=int), label_names, tmp_path / "uniform.png")
+    perfect = plots.save_confusion_matrix(np.eye(10, dtype=int) * 10, label_names, tmp_path / "perfect.png")
+    uniform = plots.save_confusion_matrix(np.ones((10, 10), dtype=int), label_names, tmp_path / "uniform.png")
     image = Image.open(perfect)
     assert image.format == "PNG" and image.width >= 800 and image.height >= 700
     assert np.asarray(image.convert("L")).std() > 20
@@ -144,7 +144,7 @@ def test_confusion_matrix_image_shows_the_matrix(tmp_path, label_names):
 
 def test_confusion_matrix_refuses_a_matrix_that_does_not_match_the_names(tmp_path):
     with pytest.raises(ValueError, match=r"\(2, 2\), but there are 3 label names"):
-        report.save_confusion_matrix([[1, 0], [0, 1]], NAMES3, tmp_path / "cm.png")
+        plots.save_confusion_matrix([[1, 0], [0, 1]], NAMES3, tmp_path / "cm.png")
     assert not (tmp_path / "cm.png").exists()
 
 
@@ -152,8 +152,8 @@ def test_pick_errors_most_confident_first_ties_in_index_order():
     labels = np.array([0, 1, 2, 0, 1, 2])
     preds = np.array([1, 1, 0, 2, 0, 2])
     conf = np.array([0.6, 0.99, 0.9, 0.6, 0.95, 0.5])
-    assert report.pick_errors(labels, preds, conf, 10).tolist() == [4, 2, 0, 3]
-    assert report.pick_errors(labels, preds, conf, 2).tolist() == [4, 2]
+    assert plots.pick_errors(labels, preds, conf, 10).tolist() == [4, 2, 0, 3]
+    assert plots.pick_errors(labels, preds, conf, 2).tolist() == [4, 2]
 
 
 def _mistakes(labels: torch.Tensor, wrong: list[int], confidences: list[float]):
@@ -170,47 +170,47 @@ def test_error_grid_holds_the_real_tiles_most_confident_first(tmp_path, mini_ten
     images, labels = mini_tensors["test"]
     wrong, confidences = [3, 17, 40, 41, 58, 77, 99], [0.55, 0.97, 0.61, 0.88, 0.42, 0.99, 0.70]
     preds, conf = _mistakes(labels, wrong, confidences)
-    path = report.save_error_grid(images, labels, preds, conf, label_names, tmp_path / "errors.png", max_tiles=5)
+    path = plots.save_error_grid(images, labels, preds, conf, label_names, tmp_path / "errors.png", max_tiles=5)
 
     grid = Image.open(path)
     assert grid.info["Description"].startswith("7 of 100 images misclassified (the 5 most confident shown)")
     # Five tiles: one row of five cells.
-    assert grid.size == (5 * report.CELL_W, report.HEADER_PX + report.CELL_H)
+    assert grid.size == (5 * plots.CELL_W, plots.HEADER_PX + plots.CELL_H)
     pixels = np.asarray(grid.convert("RGB"))
-    scale = report.TILE_PX // 64
+    scale = plots.TILE_PX // 64
     for k, i in enumerate([77, 17, 41, 99, 40]):
-        x, y = report.tile_origin(k)
+        x, y = plots.tile_origin(k)
         tile = images[i].permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1)
-        assert np.array_equal(pixels[y:y + report.TILE_PX, x:x + report.TILE_PX], tile), f"tile {k} is not image {i}"
+        assert np.array_equal(pixels[y:y + plots.TILE_PX, x:x + plots.TILE_PX], tile), f"tile {k} is not image {i}"
     # Below each tile, the caption is drawn (dark pixels), and it is not drawn over the tile.
-    x, y = report.tile_origin(0)
-    caption = pixels[y + report.TILE_PX + 4:y + report.TILE_PX + 4 + 2 * report.CAPTION_LINE_PX, x:x + report.TILE_PX]
+    x, y = plots.tile_origin(0)
+    caption = pixels[y + plots.TILE_PX + 4:y + plots.TILE_PX + 4 + 2 * plots.CAPTION_LINE_PX, x:x + plots.TILE_PX]
     assert (caption.min(axis=2) < 100).sum() > 100
 
 
 def test_error_grid_wraps_rows_and_accepts_channels_last(tmp_path, mini_tensors, label_names):
     images, labels = mini_tensors["test"]
     preds, conf = _mistakes(labels, list(range(8)), [0.9 - 0.01 * k for k in range(8)])
-    chw = report.save_error_grid(images, labels, preds, conf, label_names, tmp_path / "chw.png")
-    hwc = report.save_error_grid(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), preds.numpy(), conf.numpy(),
+    chw = plots.save_error_grid(images, labels, preds, conf, label_names, tmp_path / "chw.png")
+    hwc = plots.save_error_grid(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), preds.numpy(), conf.numpy(),
                                  label_names, tmp_path / "hwc.png")
-    assert Image.open(chw).size == (6 * report.CELL_W, report.HEADER_PX + 2 * report.CELL_H)
+    assert Image.open(chw).size == (6 * plots.CELL_W, plots.HEADER_PX + 2 * plots.CELL_H)
     assert np.array_equal(np.asarray(Image.open(chw)), np.asarray(Image.open(hwc)))
 
 
 def test_error_grid_without_mistakes_still_writes_a_file_that_says_so(tmp_path, mini_tensors, label_names):
     images, labels = mini_tensors["test"]
-    path = report.save_error_grid(images, labels, labels, torch.full((100,), 0.9), label_names, tmp_path / "e.png")
+    path = plots.save_error_grid(images, labels, labels, torch.full((100,), 0.9), label_names, tmp_path / "e.png")
     image = Image.open(path)
     assert image.info["Description"] == "No misclassified images: all 100 predictions are correct."
-    assert image.size == (report.GRID_MIN_COLUMNS * report.CELL_W, report.HEADER_PX)
+    assert image.size == (plots.GRID_MIN_COLUMNS * plots.CELL_W, plots.HEADER_PX)
     assert np.asarray(image.convert("L")).min() < 100  # the sentence is drawn, not just a white strip
 
 
 def test_error_grid_rejects_float_images(tmp_path, mini_tensors, label_names):
     images, labels = mini_tensors["test"]
     with pytest.raises(ValueError, match="uint8 batch"):
-        report.save_error_grid(images.float(), labels, labels, torch.ones(100), label_names, tmp_path / "e.png")
+        plots.save_error_grid(images.float(), labels, labels, torch.ones(100), label_names, tmp_path / "e.png")
 
 
 RUN_INFO = {
@@ -226,7 +226,7 @@ def _metrics(label_names, seed=3):
     labels = rng.integers(0, len(label_names), 100)
     logits = rng.normal(size=(100, len(label_names)))
     logits[np.arange(100), labels] += 2.5
-    return report.classification_metrics(softmax(logits), labels, label_names)
+    return scoring.classification_metrics(softmax(logits), labels, label_names)
 
 
 def _front_matter(card: str) -> dict:
@@ -236,7 +236,7 @@ def _front_matter(card: str) -> dict:
 
 def test_model_card_metadata_parses_and_holds_the_results(label_names):
     metrics = {**_metrics(label_names), "top1_tta": 0.905}
-    card = report.model_card(repo_id="someone/eurosat-resnet50", metrics=metrics, run_info=RUN_INFO,
+    card = cards.model_card(repo_id="someone/eurosat-resnet50", metrics=metrics, run_info=RUN_INFO,
                              label_names=label_names)
     meta = _front_matter(card)
     assert meta["library_name"] == "timm" and meta["license"] == "mit"
@@ -261,7 +261,7 @@ def test_model_card_metadata_parses_and_holds_the_results(label_names):
 
 def test_model_card_body_reports_training_and_per_class_results(label_names):
     metrics = _metrics(label_names)
-    card = report.model_card(repo_id="someone/eurosat-resnet50", metrics=metrics, run_info=RUN_INFO,
+    card = cards.model_card(repo_id="someone/eurosat-resnet50", metrics=metrics, run_info=RUN_INFO,
                              label_names=label_names)
     assert f"| Top-1 accuracy | {100 * metrics['top1']:.2f}% |" in card
     assert f"| Expected calibration error (15 bins) | {metrics['ece']:.4f} |" in card
@@ -276,19 +276,19 @@ def test_model_card_body_reports_training_and_per_class_results(label_names):
 
 def test_model_card_snippets_name_the_repo_or_a_placeholder(label_names):
     metrics = _metrics(label_names)
-    named = report.model_card(repo_id="someone/eurosat-r50", metrics=metrics, run_info=RUN_INFO,
+    named = cards.model_card(repo_id="someone/eurosat-r50", metrics=metrics, run_info=RUN_INFO,
                               label_names=label_names)
     assert 'timm.create_model("hf-hub:someone/eurosat-r50", pretrained=True)' in named
     assert "python app.py --model someone/eurosat-r50" in named
     assert "EUROSAT_MODEL=someone/eurosat-r50 python app.py" in named
-    unnamed = report.model_card(repo_id=None, metrics=metrics, run_info=RUN_INFO, label_names=label_names)
+    unnamed = cards.model_card(repo_id=None, metrics=metrics, run_info=RUN_INFO, label_names=label_names)
     assert '"hf-hub:<owner>/<name>"' in unnamed and "--model <owner>/<name>" in unnamed
     assert _front_matter(unnamed)["model-index"][0]["name"] == "resnet50-eurosat-rgb"
 
 
 def test_model_card_for_a_local_dataset_links_the_hub_dataset_and_hides_the_path(label_names, mini_source):
     info = {**RUN_INFO, "dataset": mini_source, "checkpoint": "/home/someone/runs/quick"}
-    card = report.model_card(repo_id=None, metrics=_metrics(label_names), run_info=info, label_names=label_names)
+    card = cards.model_card(repo_id=None, metrics=_metrics(label_names), run_info=info, label_names=label_names)
     meta = _front_matter(card)
     assert meta["datasets"] == ["timm/eurosat-rgb"]
     assert meta["model-index"][0]["results"][0]["dataset"]["name"] == "EuroSAT RGB (local copy: eurosat-rgb-mini)"
@@ -318,7 +318,7 @@ def test_model_card_timm_snippet_runs_and_preprocesses_like_the_project(
 
     repo_id = "eurosat-tests/report-card-snippet"
     _hub_cache_copy(untrained_checkpoint, repo_id)
-    card = report.model_card(repo_id=repo_id, metrics={**_metrics(label_names), "temperature": 1.5},
+    card = cards.model_card(repo_id=repo_id, metrics={**_metrics(label_names), "temperature": 1.5},
                              run_info=RUN_INFO, label_names=label_names)
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     images, _ = mini_tensors["test"]
@@ -357,7 +357,7 @@ def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path, mini_te
     logits = rng.normal(size=(100, 10))
     logits[np.arange(100), labels.numpy()] += 2.0
     probs = torch.tensor(softmax(logits), dtype=torch.float32)
-    metrics = report.classification_metrics(probs.numpy(), labels.numpy(), label_names)
+    metrics = scoring.classification_metrics(probs.numpy(), labels.numpy(), label_names)
     metrics["top1_tta"] = 0.93
     info = {k: v for k, v in RUN_INFO.items() if k not in ("preset", "wall_time_s", "images_per_s")}
     out = tmp_path / "run"
@@ -365,8 +365,10 @@ def test_write_report_writes_every_file_and_metrics_round_trip(tmp_path, mini_te
                                 images=images, labels=labels, probs=probs, repo_id="someone/eurosat-r50")
 
     assert paths == {"metrics": out / "metrics.json", "confusion_matrix": out / "confusion_matrix.png",
-                     "errors": out / "errors.png", "model_card": out / "README.md"}
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "confusion_matrix.png", "errors.png", "metrics.json"]
+                     "errors": out / "errors.png", "risk_coverage": out / "risk_coverage.png",
+                     "model_card": out / "README.md"}
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "confusion_matrix.png", "errors.png", "metrics.json",
+                                                     "risk_coverage.png"]
     saved = json.loads(paths["metrics"].read_text())
     for key, value in metrics.items():
         assert saved[key] == value, key
@@ -401,10 +403,10 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        report._atomic_write(target, half_write, mode="w")
+        fileio.atomic_write(target, half_write, mode="w")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-    report._atomic_write(target, lambda f: f.write("new"), mode="w")
+    fileio.atomic_write(target, lambda f: f.write("new"), mode="w")
     assert target.read_text() == "new"
     reference = tmp_path / "reference"
     reference.write_text("written the ordinary way")

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.appserver import free_port
 import train
 from conftest import REPO, TINY_RECIPE
 
@@ -117,7 +117,7 @@ def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_sourc
 def test_torchrun_two_cpu_processes_gloo(mini_source, tmp_path):
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
          str(REPO / "train.py"), *tiny_args(mini_source, out, epochs=2, batch_size=16)],
         env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -133,18 +133,12 @@ def test_torchrun_two_cpu_processes_gloo(mini_source, tmp_path):
     assert read_metrics(evaluated)["top1"] == metrics["top1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_push_to_an_unreachable_hub_fails_cleanly_and_keeps_the_output(one_epoch_run):
     before = {p.name: p.read_bytes() for p in one_epoch_run.iterdir() if p.is_file()}
     token = "hf_SECRETtoken1234567890"
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "push", str(one_epoch_run), "someone/eurosat-test"],
-        env=subprocess_env(HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}", HF_HUB_OFFLINE="0", HF_TOKEN=token),
+        env=subprocess_env(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="0", HF_TOKEN=token),
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -157,7 +151,7 @@ def test_push_to_an_unreachable_hub_fails_cleanly_and_keeps_the_output(one_epoch
 def test_push_without_a_token_says_so(one_epoch_run, tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "push", str(one_epoch_run), "someone/eurosat-test"],
-        env={k: v for k, v in subprocess_env(HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}", HF_HUB_OFFLINE="0",
+        env={k: v for k, v in subprocess_env(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="0",
                                               HF_HOME=str(tmp_path)).items() if k != "HF_TOKEN"},
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

@@ -1,0 +1,57 @@
+"""The Batch tab and /batch: many tiles at once, or a ZIP of them, in a table with the doubtful ones first."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import batch as batches
+from .shared import Served, TileFile, user_errors
+
+HEADERS = ["file", "top-1", "probability", "top-3", "error"]
+INTRO = (
+    "Upload several tiles, or one ZIP archive of them (folders inside are fine), to classify them all at once. "
+    "The least confident answers come first, after any file that could not be read; download the CSV for all."
+)
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[r["file"], r["label"] or "", None if r["probability"] is None else round(r["probability"], 4),
+             r["top3"], r["error"] or ""] for r in rows]
+
+
+class BatchTab:
+    """The /batch endpoint and the tab's components."""
+
+    def __init__(self, served: Served):
+        self.served = served
+
+    @user_errors
+    def batch(self, files: Any, progress: gr.Progress = gr.Progress()) -> tuple[list[list[Any]], str]:
+        """Classify many Sentinel-2 RGB tiles at once: several image files, or ZIP archives of them.
+
+        Returns a table (file, top-1, probability, top-3, error) with errors and the least confident answers
+        first, and a CSV with the same columns (file, label, probability, top3, error); file is each upload's own
+        name, or its path inside the archive.
+        """
+        predictor = self.served.model()
+        uploads = files if isinstance(files, list) else [] if files is None else [files]
+        checked = [{"path": self.served.path(f), "orig_name": batches.upload_name(f)} for f in uploads]
+        progress(0, desc="Classifying files")
+        rows = batches.classify_batch(checked, predictor, max_pixels=self.served.config.max_pixels,
+                                      progress=lambda done, total: progress((done, total), unit="files"))
+        csv = batches.write_batch(rows, Path(tempfile.mkdtemp(prefix="eurosat-batch-")))
+        return table_rows(rows), str(csv)
+
+    def render(self) -> dict[str, Any]:
+        gr.Markdown(INTRO)
+        files = TileFile(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff"],
+                        label="Tiles or ZIP archives", elem_id="batch-input")
+        button = gr.Button("Classify all", variant="primary", elem_id="batch-run")
+        table = gr.Dataframe(headers=HEADERS, label="Results, least confident first", interactive=False,
+                             elem_id="batch-table")
+        csv = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
+        return {"files": files, "button": button, "table": table, "csv": csv}

@@ -1,0 +1,252 @@
+"""The page: the tabs laid out, the events between them, and the launch settings."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+from .. import llm
+from ..budget import Budget, Limits
+from ..config import AppConfig
+from ..inference import Predictor
+from ..uploads import UploadError
+from . import model as model_panel
+from .batch import BatchTab
+from .gpt4o import Gpt4oTab, button_state, placeholder
+from .gradcam import GradcamTab, heatmap_image
+from .predict import PredictTab, describe, download, notice
+from .scene import SceneTab
+from .shared import USER_FAILURES, Served, Shown, TileImage, message_of, user_error, user_errors
+
+log = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[2]
+EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+INTRO = (
+    "# EuroSAT land cover\n"
+    "Upload a Sentinel-2 RGB tile, or click an example, to see its land-cover class, the places the network "
+    "looked at (Grad-CAM), and a second opinion from GPT-4o."
+)
+# Gradio shows small images at their own size (scale-down) and browsers smooth enlarged ones: a
+# 64-pixel tile is enlarged to fit, pixel for pixel. Captions wrap instead of being cut off, and on a
+# phone the answer comes straight after the image, before the gallery.
+CSS = """
+#tile img, #cam img, #examples img { image-rendering: pixelated; }
+#tile .image-frame img, #cam .image-frame img { object-fit: contain; }
+#examples .fixed-height { min-height: 0; }
+#examples .caption-label { white-space: normal; overflow: visible; text-overflow: clip; font-size: 0.75rem; }
+@media (max-width: 700px) { #tile { height: 240px !important; } }
+"""
+
+
+CACHE_SECONDS = 900
+SHOW_ANSWER = ("() => { if (window.innerWidth < 700) "
+               "document.getElementById('prediction')?.scrollIntoView({block: 'start'}); }")
+
+
+def example_tiles(folder: str | os.PathLike | None) -> list[tuple[str, str]]:
+    """(path, caption) of each example image in `folder`, by name; the caption is the file's stem."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    return [(str(p.resolve()), p.stem) for p in files]
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """An uploaded image's width and height from its header, or None when Pillow cannot tell."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # a multiband TIFF or a damaged file: the analysis itself has already spoken for it
+        return None
+
+
+class Page:
+    """The events that span the tabs: a new image analysed once for all of them, and the cheap redraws."""
+
+    def __init__(self, served: Served, budget: Budget | None = None,
+                 ask: Callable[..., llm.SecondOpinion] = llm.ask):
+        self.served = served
+        self.predict = PredictTab(served)
+        self.gradcam = GradcamTab(served)
+        self.gpt4o = Gpt4oTab(served, budget or Budget(Limits()), ask)
+        self.scene = SceneTab(served)
+        self.batch = BatchTab(served)
+        self.examples = example_tiles(served.config.examples_dir)
+
+    def show(self, image: Any, k: Any, class_name: Any, method: Any, opacity: Any) -> tuple:
+        """Every tab's output for a new image, class or method, from one pass of the network.
+
+        The GPT-4o answer is cleared: it belonged to the previous image. A failure is shown in the
+        Prediction panel and in a toast, and the other outputs are cleared.
+        """
+        cleared = placeholder()
+        if not image:
+            return None, "", "", None, "", None, gr.update(visible=False, value=None), cleared
+        try:
+            self.served.model()
+            count, alpha = self.served.k(k), self.served.opacity(opacity)
+            shown = self.served.analyze(image, class_name, method)
+        except Exception as e:
+            if not isinstance(e, (gr.Error, *USER_FAILURES)):
+                log.exception("show failed")
+            message = message_of(e)
+            gr.Warning(message)
+            return None, f"⚠️ {message}", "", None, "", None, gr.update(visible=False, value=None), cleared
+        probabilities = shown.analysis.probabilities
+        predictor = self.served.model()
+        text = notice(probabilities, predictor.checkpoint.notice_threshold, image_size(shown.path),
+                      max(predictor.data_config.input_size))
+        return (shown.analysis.top(count), text, describe(probabilities),
+                heatmap_image(shown, alpha), shown.analysis.target, shown,
+                gr.update(visible=True, value=download(probabilities, shown.path)), cleared)
+
+    @user_errors
+    def relabel(self, k: float, shown: Shown | None) -> dict[str, float] | None:
+        """The top-k of the current image again, from the kept probabilities."""
+        return None if shown is None else shown.analysis.top(self.served.k(k))
+
+    @user_errors
+    def recolour(self, opacity: float, shown: Shown | None):
+        """The current heatmap at another opacity, from the kept map."""
+        return None if shown is None else heatmap_image(shown, self.served.opacity(opacity))
+
+    def select_example(self, event: gr.SelectData) -> str:
+        """The clicked example's file, which becomes the input image (and so runs the analysis)."""
+        return self.examples[event.index][0]
+
+
+class CheckedBlocks(gr.Blocks):
+    """Blocks that check each request's arguments before Gradio's own processing, which would fail with its own
+    text (a Python repr, a pydantic message) and a logged traceback: too few values, and file arguments that
+    are not this app's uploads, get our messages."""
+
+    served: Served
+
+    def validate_inputs(self, block_fn, inputs):
+        names = [n for n in inspect.signature(block_fn.fn).parameters if n not in ("request", "progress")]
+        if len(inputs) < len(block_fn.inputs):
+            wanted = [n for n, b in zip(names, block_fn.inputs) if not isinstance(b, gr.State)]
+            raise user_error(f"This endpoint takes {len(wanted)} values ({', '.join(wanted)}) and the request had "
+                             f"{len(inputs)}: send all of them, in this order.")
+        for block, value in zip(block_fn.inputs, inputs):
+            if isinstance(block, (gr.Image, gr.File)) and value is not None:
+                for item in value if isinstance(value, list) else [value]:
+                    try:
+                        self.served.path(item)
+                    except UploadError as e:
+                        raise user_error(str(e)) from None
+        super().validate_inputs(block_fn, inputs)
+
+
+class NoDeepLinks:
+    """ASGI middleware refusing Gradio's deep-link writer, which copies a session's inputs (a pasted key
+    included) into a file under the temp folder that Gradio then serves."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/gradio_api/deep_link"):
+            from starlette.responses import PlainTextResponse
+
+            return await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None,
+               ask: Callable[..., llm.SecondOpinion] = llm.ask, budget: Budget | None = None) -> gr.Blocks:
+    """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /batch) for `predictor` (None: banner only).
+
+    `budget` limits the calls made with the server's OpenAI key (default: the limits in the environment).
+    """
+    served = Served(predictor, config=config, load_error=load_error)
+    page = Page(served, budget or Budget(Limits.from_env()), ask)
+    checkpoint = predictor.checkpoint if predictor is not None else None
+    served_tta = bool(predictor and predictor.tta)
+    # Every upload and response leaves files in Gradio's cache: they are kept for CACHE_SECONDS, checked as often,
+    # so a file lives at most twice that; an expired upload gets "upload it again".
+    with CheckedBlocks(title="EuroSAT land cover", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
+        demo.served = served
+        gr.Markdown(INTRO)
+        gr.Markdown(model_panel.summary_line(checkpoint, served_tta, APP_DIR), elem_id="model-line")
+        if served.unavailable:
+            gr.Markdown(f"⚠️ **{served.unavailable}**", elem_id="banner")
+        with gr.Tabs():
+            with gr.Tab("One tile", elem_id="tab-tile"):
+                with gr.Row():
+                    with gr.Column():
+                        image = TileImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                         height=360, label="Sentinel-2 RGB tile", elem_id="tile")
+                    with gr.Column():
+                        with gr.Tabs():
+                            with gr.Tab("Prediction"):
+                                p = page.predict.render()
+                            with gr.Tab("Grad-CAM"):
+                                c = page.gradcam.render()
+                            with gr.Tab("GPT-4o"):
+                                g = page.gpt4o.render()
+                gallery = gr.Gallery(page.examples, label="Examples: one EuroSAT test tile per class (click to "
+                                     "analyse)", columns=10, height="auto", allow_preview=False, object_fit="contain",
+                                     buttons=[], interactive=False, visible=bool(page.examples), elem_id="examples")
+            with gr.Tab("Scene map", elem_id="tab-scene"):
+                sc = page.scene.render()
+            with gr.Tab("Batch", elem_id="tab-batch"):
+                b = page.batch.render()
+        with gr.Accordion("Model: what is served and how good it is", open=False, elem_id="model-panel"):
+            model_panel.render(checkpoint, served_tta)
+        gr.Markdown("Example tiles: EuroSAT (Helber et al., 2019), MIT licence.")
+        shown = gr.State(None)
+        mapped = gr.State(None)
+
+        # The network runs in one concurrency group, sized for the CPUs; the cheap redraws stay out of it, and
+        # GPT-4o calls, which wait on the network, have a group of their own so they never hold up the model.
+        model_events = dict(preprocess=False, concurrency_id="model")
+        # The API first: no triggers on the page, the same components for what clients send and receive.
+        # (/predict must be event 0: Gradio's frontend checks event 0's arguments against /predict.)
+        gr.on([], page.predict.predict, inputs=[image, p["k"]], outputs=p["label"], api_name="predict", **model_events)
+        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"]],
+              outputs=[c["cam"], c["drawn"]], api_name="gradcam", **model_events)
+        gr.on([], page.gpt4o.gpt4o, inputs=[image, g["api_key"]], outputs=g["answer"], api_name="gpt4o",
+              preprocess=False, concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
+        g["button"].click(page.gpt4o.ask_on_page, inputs=[image, g["api_key"], shown],
+                          outputs=[g["answer"], g["api_key"]], api_visibility="private", preprocess=False,
+                          concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
+        g["api_key"].change(lambda key: gr.update(**button_state(key)), g["api_key"], g["button"],
+                            api_visibility="private", show_progress="hidden", queue=False)
+        gr.on([image.change, c["class_name"].change, c["method"].change], page.show,
+              inputs=[image, p["k"], c["class_name"], c["method"], c["opacity"]],
+              outputs=[p["label"], p["notice"], p["meaning"], c["cam"], c["drawn"], shown, p["download"],
+                       g["answer"]],
+              api_visibility="private", **model_events)
+        p["k"].change(page.relabel, [p["k"], shown], p["label"], api_visibility="private", show_progress="hidden")
+        c["opacity"].change(page.recolour, [c["opacity"], shown], c["cam"], api_visibility="private",
+                            show_progress="hidden")
+        gallery.select(page.select_example, None, image, api_visibility="private")
+        # On a phone the answer sits above the gallery: bring it into view when an image arrives.
+        image.change(None, js=SHOW_ANSWER)
+        sc["button"].click(page.scene.scene, inputs=[sc["image"], sc["mpp"], sc["opacity"]],
+                           outputs=[sc["map"], sc["table"], sc["csv"], sc["geotiff"], mapped], api_name="scene",
+                           **model_events)
+        sc["opacity"].change(page.scene.redraw, [sc["opacity"], mapped], sc["map"], api_visibility="private",
+                             show_progress="hidden")
+        b["button"].click(page.batch.batch, inputs=b["files"], outputs=[b["table"], b["csv"]], api_name="batch",
+                          **model_events)
+    return demo
+
+
+def launch_kwargs(config: AppConfig) -> dict[str, Any]:
+    """The arguments of `demo.launch` that the app needs; host and port come from GRADIO_SERVER_NAME/PORT."""
+    allowed = [str(Path(config.examples_dir).resolve())] if config.examples_dir else None
+    # run_history=False: Gradio would otherwise keep every request's inputs, the pasted key included,
+    # in the visitor's browser storage.
+    from starlette.middleware import Middleware
+
+    return dict(max_file_size=config.max_file_size, show_error=True, css=CSS, allowed_paths=allowed,
+                run_history=False, mcp_server=config.mcp, app_kwargs={"middleware": [Middleware(NoDeepLinks)]})

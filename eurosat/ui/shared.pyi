@@ -1,0 +1,240 @@
+"""What every tab shares: the served model, the image on screen, argument checks, and errors as messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+
+from .. import llm
+from ..batch import BatchError
+from ..budget import Limits, client_id
+from ..cam import DEFAULT_METHOD, cam_methods
+from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
+from ..imaging import ImageError, open_image, to_rgb
+from ..inference import Analysis, Predictor
+from ..scene import SceneError
+from ..uploads import UploadError, uploaded_file
+
+log = logging.getLogger(__name__)
+
+TOP1 = "top-1"
+DEFAULT_OPACITY = 0.5
+# Heatmaps of big photos are drawn over a copy this size: the map itself only has the model's input
+# resolution, and a full-size PNG would be megabytes to send back for no extra detail.
+MAX_DISPLAY_SIDE = 512
+UNEXPECTED = ("Something went wrong while handling this request. The details were logged on the server; "
+              "try another image, or try again later.")
+# Failures whose text is written for the user, relayed as they are.
+USER_FAILURES: tuple[type[Exception], ...] = (ImageError, UploadError, llm.LLMError, SceneError, BatchError)
+
+
+# What the "Use via API" page and the MCP schema show as an example file: one of the repository's tiles.
+EXAMPLE_TILE = "examples/Forest.jpg"
+
+
+class _OurExample:
+    """Gradio's file components show a photo of a bus (or a PDF) as their API example; ours show a tile."""
+
+    def example_value(self) -> Any:
+        return EXAMPLE_TILE if getattr(self, "file_count", "single") == "single" else [EXAMPLE_TILE]
+
+    def example_payload(self) -> Any:
+        payload = {"path": EXAMPLE_TILE, "meta": {"_type": "gradio.FileData"}}
+        return payload if getattr(self, "file_count", "single") == "single" else [payload]
+
+from gradio.events import Dependency
+
+class TileImage(_OurExample, gr.Image):
+    """gr.Image with one of our tiles as its API example."""
+
+    def get_block_name(self) -> str:
+        return "image"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component  # the frontend draws it as the image component it is
+
+
+class TileFile(_OurExample, gr.File):
+    """gr.File with one of our tiles as its API example."""
+
+    def get_block_name(self) -> str:
+        return "file"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+@dataclass
+class Shown:
+    """The current image's analysis, kept per session so the k and opacity sliders redraw without the network."""
+
+    path: str
+    rgb: np.ndarray  # the tile as displayed under the heatmap (uint8, H x W x 3)
+    analysis: Analysis
+
+
+def user_error(message: str) -> gr.Error:
+    # print_exception=False: an expected failure is the user's to fix; it needs no stack trace in the log.
+    return gr.Error(message, print_exception=False)
+
+
+def message_of(error: Exception) -> str:
+    """The user's message of a failure: its own text when it was written for users, else a short apology."""
+    if isinstance(error, gr.Error):
+        return str(error.message)
+    if isinstance(error, USER_FAILURES):
+        return str(error)
+    return UNEXPECTED
+
+
+def user_errors(handler: Callable) -> Callable:
+    """Expected failures become gr.Error with their own message; anything else is logged and gets a short one.
+
+    Only gr.Error text reaches API clients (other exceptions arrive as an opaque error), and no stack
+    trace ever leaves the server.
+    """
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as e:
+            if not isinstance(e, (gr.Error, *USER_FAILURES)):
+                log.exception("%s failed", handler.__name__)
+            raise user_error(message_of(e)) from None
+    return wrapper
+
+
+def no_model_message(error: str | None) -> str:
+    """What failed and what to do, shown in the banner and returned by every API call while no model is loaded."""
+    return (
+        f"No model is loaded, so nothing can be analysed. {error or ''} To fix it, set {ENV_MODEL} (or pass "
+        f"--model) to a checkpoint folder or a Hub id such as owner/name, or restore the bundled model in "
+        f"{BUNDLED_MODEL}; train one with `python train.py --preset cpu --output-dir runs/cpu`. Then restart the app."
+    )
+
+
+def display_rgb(image: Any) -> np.ndarray:
+    """The image as RGB uint8, shrunk to MAX_DISPLAY_SIDE when larger: the base the heatmap is drawn over."""
+    rgb = to_rgb(image)
+    if max(rgb.size) > MAX_DISPLAY_SIDE:
+        rgb = rgb.copy()
+        rgb.thumbnail((MAX_DISPLAY_SIDE, MAX_DISPLAY_SIDE))
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def upload_roots(config: AppConfig) -> list[str]:
+    """Where Gradio keeps this app's uploads (and MCP's decoded data URLs), and the examples folder it serves."""
+    from gradio.utils import get_upload_folder
+
+    return [get_upload_folder()] + ([config.examples_dir] if config.examples_dir else [])
+
+
+def client_of(request: gr.Request | None, limits: Limits) -> str:
+    """Who a request comes from, for the limits on the server's OpenAI key: an address the visitor cannot choose."""
+    if request is None:
+        return "unknown"
+    host = request.client.host if request.client else None
+    return client_id(host, request.headers.get("x-forwarded-for"), limits.trusted_proxies)
+
+
+def max_upload_bytes(config: AppConfig) -> int:
+    from gradio.utils import _parse_file_size
+
+    return int(_parse_file_size(config.max_file_size))
+
+
+class Served:
+    """The model being served, or why none is, and the checks every handler applies to what clients send.
+
+    Handlers run with preprocess=False (gr.Image would open every upload with PIL first, so an
+    unreadable file would fail inside Gradio with its own message), so each value arrives as the
+    client sent it and is checked here.
+    """
+
+    def __init__(self, predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None):
+        self.predictor = predictor
+        self.config = config
+        self.unavailable = no_model_message(load_error) if predictor is None else None
+        self.label_names = predictor.label_names if predictor is not None else []
+        self.methods = list(cam_methods())
+        self.roots = upload_roots(config)
+        self.max_bytes = max_upload_bytes(config)
+
+    def model(self) -> Predictor:
+        if self.predictor is None:
+            raise user_error(self.unavailable)
+        return self.predictor
+
+    def path(self, value: Any) -> str:
+        """The uploaded file a request names: only Gradio's own uploads (or the examples) are ever opened."""
+        return uploaded_file(value, roots=self.roots, max_bytes=self.max_bytes)
+
+    def open(self, value: Any, *, full_size: bool = False) -> Any:
+        """The uploaded image, decoded safely; a tile-sized copy unless the full resolution is needed."""
+        path = self.path(value)
+        if full_size:
+            return open_image(path, max_pixels=self.config.max_pixels)
+        size = self.predictor.data_config.input_size if self.predictor is not None else (64, 64)
+        return open_image(path, max_pixels=self.config.max_pixels, reduce_to=size)
+
+    def k(self, k: Any) -> int:
+        """k as a whole number of classes: 3 and "3" are accepted, 2.5 and "three" are not."""
+        count = len(self.label_names)
+        if k is None or k == "":
+            return min(self.config.top_k, count)
+        value = k
+        if isinstance(k, str):
+            value = int(k.strip()) if k.strip().lstrip("+-").isdigit() else None
+        elif isinstance(k, float) and k.is_integer():
+            value = int(k)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= count:
+            raise user_error(f"k must be a whole number from 1 to {count}, got {str(k)[:20]!r}.")
+        return value
+
+    def opacity(self, opacity: Any) -> float:
+        if opacity is None:
+            return DEFAULT_OPACITY
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+            raise user_error(f"opacity must be a number from 0 to 1, got {str(opacity)[:20]!r}.")
+        return float(opacity)
+
+    def class_name(self, name: Any) -> str | None:
+        """A class by name in any letter case; None for the top-1 class."""
+        if name is None or (isinstance(name, str) and name.strip().casefold() in ("", TOP1)):
+            return None
+        found = _by_name(name, self.label_names)
+        if found is None:
+            raise user_error(f"Unknown class {str(name)[:40]!r}: choose {TOP1} or one of "
+                             f"{', '.join(self.label_names)}.")
+        return found
+
+    def method(self, method: Any) -> str:
+        """A Grad-CAM method by name in any letter case."""
+        if method is None or method == "":
+            return DEFAULT_METHOD
+        found = _by_name(method, self.methods)
+        if found is None:
+            raise user_error(f"Unknown Grad-CAM method {str(method)[:40]!r}: choose one of {', '.join(self.methods)}.")
+        return found
+
+    def analyze(self, image: Any, class_name: Any = None, method: Any = None) -> Shown:
+        """One pass of the network over an uploaded image: probabilities and the heatmap, kept for redraws."""
+        predictor = self.model()
+        target, method = self.class_name(class_name), self.method(method)
+        tile = self.open(image)
+        return Shown(self.path(image), display_rgb(tile), predictor.analyze(tile, target=target, method=method))
+
+
+def _by_name(name: Any, names: list[str]) -> str | None:
+    if not isinstance(name, str):
+        return None
+    return {n.casefold(): n for n in names}.get(name.strip().casefold())
