@@ -45,7 +45,8 @@ MAX_PEAK_RSS = 1.5e9
 
 # What each in-process span contains, written into the results so nobody has to guess.
 SPANS = {
-    "forward": "bare forward of the served model (timm, loaded with hub.load) on a ready input tensor, "
+    "forward": "bare forward of the served model (timm, loaded with hub.load) on a ready input tensor (the 8 "
+               "flip/rotation views of the tile when the checkpoint is served with TTA), "
                "under torch.inference_mode(); logits only",
     "forward_channels_last": "the same forward with the model and input in channels_last",
     "forward_contiguous": "the same forward with the model and input contiguous (NCHW)",
@@ -203,7 +204,8 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     meter = LoadMeter([os.getpid()])
-    predictor = Predictor(hub.load(str(checkpoint), device=device), device=device)
+    checkpoint_data = hub.load(str(checkpoint), device=device)
+    predictor = Predictor(checkpoint_data, device=device, tta=checkpoint_data.tta)  # as the app serves it
     start = time.perf_counter()
     predictor.analyze(images[0])
     sync()
@@ -214,7 +216,8 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
     other = "contiguous" if predictor.channels_last else "channels_last"
     other_format = torch.contiguous_format if predictor.channels_last else torch.channels_last
     alt_model = hub.load(str(checkpoint), device=device).model.eval().to(memory_format=other_format)
-    inputs = [predictor.inputs([im]) for im in images]
+    # The views the served answer is computed from: one, or the 8 flips and rotations when TTA is on.
+    inputs = [predictor.views(predictor.inputs([im])) for im in images]
     alt_inputs = [x.contiguous(memory_format=other_format) for x in inputs]
     plain_inputs = [x.contiguous() for x in inputs]
     baseline = Baseline(len(predictor.label_names), args.size, device)
@@ -272,6 +275,7 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
         ratios["forward_1_thread / forward"] = paired_ratio(times, "forward_1_thread", "forward")
     return {
         "served_memory_format": "channels_last" if predictor.channels_last else "contiguous",
+        "tta": predictor.tta,
         "first_call_after_load_ms": round(1000 * first_call, 1),
         "spans": {name: summary(t) for name, t in times.items()},
         "ratios": ratios,
@@ -360,7 +364,7 @@ def end_to_end(args: argparse.Namespace, checkpoint: Path, tiles: list[str], wor
     server = start_app("--model", str(checkpoint), *app_flags(args), log_dir=workdir, app=Path(args.app),
                        env={"HF_HUB_OFFLINE": "1"})
     meter.pids.append(server.process.pid)  # absent at the first reading, so all its CPU time counts as ours
-    log(f"end to end: app.py serving {args.arch} on {server.url}")
+    log(f"end to end: app.py serving {args.model or args.arch} on {server.url}")
     try:
         client = first_answer(server.url, tiles[0], download)
         cold_start = time.monotonic() - server.spawned_at
@@ -465,7 +469,8 @@ def markdown(results: dict[str, Any]) -> str:
               for v in results["verdicts"]]
     lines += ["", f"## In process: batch 1, {results['settings']['size']} px, "
                   f"{results['settings']['threads']} threads, {ip['spans']['forward']['n']} interleaved rounds",
-              "", f"Served memory format: {ip['served_memory_format']}. First `analyze` right after loading "
+              "", f"Served with TTA: {'on (8 views per answer)' if ip['tta'] else 'off'}. "
+                  f"Served memory format: {ip['served_memory_format']}. First `analyze` right after loading "
                   f"(before `warmup()`): {ip['first_call_after_load_ms']} ms.", "",
               "| Span | median ms | p10 | p90 | What it contains |", "|---|---|---|---|---|"]
     for name, s in ip["spans"].items():

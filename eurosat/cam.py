@@ -16,24 +16,19 @@ from torch import nn
 from .model import cam_target_layer, features_and_logits, linear_head
 
 DEFAULT_METHOD = "GradCAM"
+# The methods the app offers: display name -> pytorch-grad-cam class. The library (with OpenCV and
+# scikit-learn behind it) is imported only when one is used, not when the app starts. ScoreCAM and
+# AblationCAM are left out on purpose: they run the network once per channel batch, which takes minutes
+# per image on a 2-vCPU Space.
+CAM_METHODS = {"GradCAM": "GradCAM", "GradCAM++": "GradCAMPlusPlus", "XGradCAM": "XGradCAM",
+               "HiResCAM": "HiResCAM", "LayerCAM": "LayerCAM", "EigenCAM": "EigenCAM"}
 
 
 def cam_methods() -> dict[str, type]:
-    """The pytorch-grad-cam methods offered in the app, by display name.
+    """The pytorch-grad-cam classes of CAM_METHODS, by display name."""
+    import pytorch_grad_cam
 
-    ScoreCAM and AblationCAM are left out on purpose: they run the network once per channel
-    batch, which takes minutes per image on a 2-vCPU Space.
-    """
-    import pytorch_grad_cam as pgc
-
-    return {
-        "GradCAM": pgc.GradCAM,
-        "GradCAM++": pgc.GradCAMPlusPlus,
-        "XGradCAM": pgc.XGradCAM,
-        "HiResCAM": pgc.HiResCAM,
-        "LayerCAM": pgc.LayerCAM,
-        "EigenCAM": pgc.EigenCAM,
-    }
+    return {name: getattr(pytorch_grad_cam, cls) for name, cls in CAM_METHODS.items()}
 
 
 def _min_max(maps: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from .. import batch as batches
-from .shared import Served, TileFile, user_errors
+from .shared import Served, user_errors, with_our_example
 
 HEADERS = ["file", "top-1", "probability", "top-3", "error"]
 INTRO = (
@@ -48,8 +48,8 @@ class BatchTab:
 
     def render(self) -> dict[str, Any]:
         gr.Markdown(INTRO)
-        files = TileFile(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff"],
-                        label="Tiles or ZIP archives", elem_id="batch-input")
+        files = with_our_example(gr.File(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff"],
+                                         label="Tiles or ZIP archives", elem_id="batch-input"))
         button = gr.Button("Classify all", variant="primary", elem_id="batch-run")
         table = gr.Dataframe(headers=HEADERS, label="Results, least confident first", interactive=False,
                              elem_id="batch-table")

@@ -22,7 +22,7 @@ from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
 from .scene import SceneTab
-from .shared import USER_FAILURES, Served, Shown, TileImage, message_of, user_error, user_errors
+from .shared import USER_FAILURES, Served, Shown, message_of, user_error, user_errors, with_our_example
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,9 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
             with gr.Tab("One tile", elem_id="tab-tile"):
                 with gr.Row():
                     with gr.Column():
-                        image = TileImage(type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                         height=360, label="Sentinel-2 RGB tile", elem_id="tile")
+                        image = with_our_example(gr.Image(
+                            type="filepath", image_mode=None, sources=["upload", "clipboard"], height=360,
+                            label="Sentinel-2 RGB tile", elem_id="tile"))
                     with gr.Column():
                         with gr.Tabs():
                             with gr.Tab("Prediction"):

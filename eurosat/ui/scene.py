@@ -13,7 +13,7 @@ from PIL import Image
 
 from .. import scene as scenes
 from ..imaging import open_georeferenced
-from .shared import DEFAULT_OPACITY, Served, TileFile, user_errors
+from .shared import DEFAULT_OPACITY, Served, user_errors, with_our_example
 
 # The map shown on the page is at most this size; the PNG download keeps the full resolution.
 MAX_SHOWN_SIDE = 1024
@@ -87,8 +87,9 @@ class SceneTab:
         gr.Markdown(INTRO)
         with gr.Row():
             # A file input, not an image one: browsers cannot preview the GeoTIFFs a scene often comes as.
-            image = TileFile(file_types=["image", ".tif", ".tiff"], label="Scene (PNG, JPEG or GeoTIFF, up to "
-                            f"{self.served.config.max_pixels / 1e6:g} megapixels)", elem_id="scene-input")
+            image = with_our_example(gr.File(
+                file_types=["image", ".tif", ".tiff"], elem_id="scene-input",
+                label=f"Scene (PNG, JPEG or GeoTIFF, up to {self.served.config.max_pixels / 1e6:g} megapixels)"))
             with gr.Column():
                 mpp = gr.Number(value=scenes.MODEL_MPP, label="Metres per pixel of the image",
                                 minimum=scenes.MPP_RANGE[0], maximum=scenes.MPP_RANGE[1], elem_id="scene-mpp")

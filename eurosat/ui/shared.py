@@ -13,7 +13,7 @@ import numpy as np
 from .. import llm
 from ..batch import BatchError
 from ..budget import Limits, client_id
-from ..cam import DEFAULT_METHOD, cam_methods
+from ..cam import CAM_METHODS, DEFAULT_METHOD
 from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from ..imaging import ImageError, open_image, to_rgb
 from ..inference import Analysis, Predictor
@@ -37,29 +37,17 @@ USER_FAILURES: tuple[type[Exception], ...] = (ImageError, UploadError, llm.LLMEr
 EXAMPLE_TILE = "examples/Forest.jpg"
 
 
-class _OurExample:
-    """Gradio's file components show a photo of a bus (or a PDF) as their API example; ours show a tile."""
+def with_our_example(component: gr.Image | gr.File) -> gr.Image | gr.File:
+    """The component, with one of our tiles as the example that the "Use via API" page and MCP schema show.
 
-    def example_value(self) -> Any:
-        return EXAMPLE_TILE if getattr(self, "file_count", "single") == "single" else [EXAMPLE_TILE]
-
-    def example_payload(self) -> Any:
-        payload = {"path": EXAMPLE_TILE, "meta": {"_type": "gradio.FileData"}}
-        return payload if getattr(self, "file_count", "single") == "single" else [payload]
-
-
-class TileImage(_OurExample, gr.Image):
-    """gr.Image with one of our tiles as its API example."""
-
-    def get_block_name(self) -> str:
-        return "image"  # the frontend draws it as the image component it is
-
-
-class TileFile(_OurExample, gr.File):
-    """gr.File with one of our tiles as its API example."""
-
-    def get_block_name(self) -> str:
-        return "file"
+    Gradio's own are a photo of a bus and a PDF. Set on the instance: a subclass of a component would
+    make Gradio write a .pyi stub into this package at import time.
+    """
+    single = getattr(component, "file_count", "single") == "single"
+    payload = {"path": EXAMPLE_TILE, "meta": {"_type": "gradio.FileData"}}
+    component.example_value = lambda: EXAMPLE_TILE if single else [EXAMPLE_TILE]
+    component.example_payload = lambda: payload if single else [payload]
+    return component
 
 
 @dataclass
@@ -154,7 +142,7 @@ class Served:
         self.config = config
         self.unavailable = no_model_message(load_error) if predictor is None else None
         self.label_names = predictor.label_names if predictor is not None else []
-        self.methods = list(cam_methods())
+        self.methods = list(CAM_METHODS)
         self.roots = upload_roots(config)
         self.max_bytes = max_upload_bytes(config)
 
