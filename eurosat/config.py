@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The same network trained longer and on 48-pixel windows of the tiles: a window keeps the 10 m ground
     # resolution and costs about half the compute of a whole tile, so the same hour holds more epochs; the
     # last epochs see whole tiles again, as served. An average of the weights is what gets validated and saved.
-    "cpu": dict(_SMALL_RESNET, epochs=90, train_crop=48, whole_tile_epochs=8, ema_decay=0.998),
+    "cpu": dict(_SMALL_RESNET, epochs=90, train_crop=48, whole_tile_epochs=30, ema_decay=0.998),
     "gpu": dict(
         model=DEFAULT_ARCH,
         pretrained=True,

@@ -92,6 +92,11 @@ def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
                 thumbnails = page.locator("#examples img")
                 expect(thumbnails).to_have_count(10)
                 expect(page.locator(f"#examples img[alt='{EXAMPLE}']")).to_be_visible()
+                captions = page.locator("#examples .caption-label")
+                expect(captions).to_have_count(10)
+                cut = captions.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+                                            ".map(e => e.textContent.trim())")
+                assert cut == [], f"captions cut off: {cut}"
                 expect(page.locator("#model-line")).to_contain_text(f"Model: {trained_checkpoint.name}")
                 assert str(trained_checkpoint.parent) not in page.locator("#model-line").inner_text()
                 page.screenshot(path=screenshots / "1-start.png", full_page=True)

@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import json
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -168,13 +169,14 @@ def test_the_owners_key_is_limited_per_client_and_a_pasted_key_is_not(server, fa
     assert fake_llm.requests[-1].authorization == f"Bearer {KEY}"
 
 
-def test_many_threads_on_the_owners_key_never_pass_the_limit(trained_checkpoint, tmp_path):
+def test_many_threads_on_the_owners_key_never_pass_the_limit_nor_hold_up_the_model(trained_checkpoint, tmp_path):
     llm = FakeOpenAI().start()
-    llm.reply(200, answer("Forest", 0.8, "Dense canopy."), delay=0.2)
+    llm.reply(200, answer("Forest", 0.8, "Dense canopy."), delay=1.0)
     env = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": SERVER_KEY, "EUROSAT_GPT4O_CLIENT_LIMIT": "5"}
     try:
         with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "app", env=env) as app:
             tile = str(EXAMPLES / "Forest.jpg")
+            finished = []
 
             def one(i: int) -> bool:
                 try:
@@ -184,12 +186,21 @@ def test_many_threads_on_the_owners_key_never_pass_the_limit(trained_checkpoint,
                 except Exception as e:
                     assert "limit" in str(e)
                     return False
+                finally:
+                    finished.append(i)
 
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                outcomes = list(pool.map(one, range(16)))
+                outcomes = [pool.submit(one, i) for i in range(16)]
+                for _ in range(1200):  # until GPT-4o calls are waiting on the slow upstream
+                    if llm.requests:
+                        break
+                    time.sleep(0.05)
+                assert llm.requests
+                # The model's own endpoints have a queue of their own: /predict is answered while they wait.
+                label = Client(app.url, verbose=False).predict(handle_file(tile), api_name="/predict")["label"]
+                assert label and len(finished) < 16
+                outcomes = [o.result() for o in outcomes]
             assert sum(outcomes) == 5 and len(llm.requests) == 5
-            # Meanwhile the model's own endpoints were never starved by GPT-4o calls.
-            assert Client(app.url, verbose=False).predict(handle_file(tile), api_name="/predict")["label"]
     finally:
         llm.stop()
 

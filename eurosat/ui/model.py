@@ -109,4 +109,4 @@ def render(checkpoint: Checkpoint | None, served_tta: bool) -> None:
     matrix = Path(facts(checkpoint)["confusion_matrix"])
     if matrix.is_file():
         gr.Image(str(matrix), label="Confusion matrix on the test split", interactive=False, buttons=[],
-                 elem_id="confusion-matrix")
+                 height=480, elem_id="confusion-matrix")

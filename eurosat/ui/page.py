@@ -40,7 +40,8 @@ CSS = """
 #tile img, #cam img, #examples img { image-rendering: pixelated; }
 #tile .image-frame img, #cam .image-frame img { object-fit: contain; }
 #examples .fixed-height { min-height: 0; }
-#examples .caption-label { white-space: normal; overflow: visible; text-overflow: clip; font-size: 0.75rem; }
+#examples .caption-label { white-space: normal; overflow-wrap: anywhere; overflow: visible; text-overflow: clip;
+                            max-width: 100%; font-size: 0.7rem; }
 @media (max-width: 700px) { #tile { height: 240px !important; } }
 """
 

@@ -55,8 +55,8 @@ def notice(probabilities: dict[str, float], threshold: float, size: tuple[int, i
                 "straight above); this image does not look like any of them.")
     runner, q = others[0] if others else (None, 0.0)
     if runner is not None and q >= CLOSE_RATIO * p:
-        what = f" and for {runner}: {CLASS_NOTES[runner]}" if runner in CLASS_NOTES and label in CLASS_NOTES else ""
-        look = f" Look for {label}: {CLASS_NOTES[label]}{what}." if label in CLASS_NOTES else ""
+        look = (f" Compare the picture with {label} ({CLASS_NOTES[label]}) and {runner} ({CLASS_NOTES[runner]})."
+                if label in CLASS_NOTES and runner in CLASS_NOTES else "")
         return f"**Not sure: {label} or {runner}** ({p:.0%} / {q:.0%}).{look}"
     look = f" Check it against the picture: {CLASS_NOTES[label]}." if label in CLASS_NOTES else ""
     return (f"**Not sure: {label}** at {p:.0%}, below the {threshold:.0%} under which this model's answers were "
