@@ -58,3 +58,14 @@ def test_pipeline_benchmark_feeds_both_pipelines_the_same_images(tmp_path, mini_
     assert set(results["pipeline_images_per_s"]) == {"ours", "baseline"}
     assert results["pipeline_speedup"] == pytest.approx(
         results["pipeline_images_per_s"]["ours"] / results["pipeline_images_per_s"]["baseline"], rel=0.02)
+
+
+def test_cam_isolation_compares_one_copy_with_one_per_slot(tmp_path):
+    from benchmarks import cam_isolation
+
+    results = cam_isolation.main(["--arch", "test_resnet", "--size", "32", "--requests", "2", "--rounds", "2",
+                                  "--out", str(tmp_path)])
+    assert set(results["requests_per_s"]) == {"1 hooked copy", "2 hooked copies"}
+    assert all(len(s) == 2 for s in results["seconds"].values()) and results["speedup_of_copies"] > 0
+    saved = json.loads((tmp_path / "cam_isolation-test_resnet.json").read_text())
+    assert saved["method"] == "GradCAM++" and saved["requests_per_round"] == 4

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -63,7 +64,14 @@ def raw_call(server, api: str, data: list, headers: dict | None = None, timeout:
     if posted.status_code != 200:
         return f"HTTP {posted.status_code} {posted.text}"
     event = posted.json()["event_id"]
-    return httpx.get(f"{server.url}/gradio_api/call/{api}/{event}", timeout=timeout).text
+    # The stream sends heartbeats while a call waits, so a read timeout alone would wait for ever.
+    deadline, lines = time.monotonic() + timeout, []
+    with httpx.stream("GET", f"{server.url}/gradio_api/call/{api}/{event}", timeout=timeout) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/{api} gave no answer in {timeout} s")
+    return "\n".join(lines)
 
 
 def error_text(stream: str) -> str:
@@ -81,26 +89,44 @@ def tiles_by_class() -> list[str]:
     return sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 
 
+def heatmap(client: Client, tile: str, method: str) -> np.ndarray:
+    path, _ = client.predict(handle_file(tile), method=method, api_name="/gradcam")
+    return np.asarray(Image.open(path))
+
+
+def assert_alive_and_clean(server) -> None:
+    assert server.process.poll() is None
+    assert "corrupted" not in server.output() and "Traceback" not in server.output()
+
+
 @pytest.mark.parametrize("method", list(cam_methods()))
 def test_concurrent_gradcam_of_each_method_equals_its_sequential_result(server, method, tmp_path):
     tiles = tiles_by_class()[:6]
-    sequential = {}
     client = client_for(server, tmp_path / "seq")
-    for tile in tiles:
-        path, _ = client.predict(handle_file(tile), method=method, api_name="/gradcam")
-        sequential[tile] = np.asarray(Image.open(path))
+    sequential = {tile: heatmap(client, tile, method) for tile in tiles}
 
     def one(tile: str) -> np.ndarray:
-        own = client_for(server, tmp_path / Path(tile).stem)
-        path, _ = own.predict(handle_file(tile), method=method, api_name="/gradcam")
-        return np.asarray(Image.open(path))
+        return heatmap(client_for(server, tmp_path / Path(tile).stem), tile, method)
 
     with concurrent.futures.ThreadPoolExecutor(len(tiles) * 2) as pool:
         results = list(pool.map(one, tiles * 2))  # every tile twice, all at once
     for tile, got in zip(tiles * 2, results):
         assert np.array_equal(got, sequential[tile]), f"{method}: {Path(tile).name} got another request's map"
-    assert server.process.poll() is None
-    assert "corrupted" not in server.output() and "Traceback" not in server.output()
+    assert_alive_and_clean(server)
+
+
+def test_two_hooking_methods_in_pairs_keep_the_server_up(server, tmp_path):
+    """The probe's crash: GradCAM++ and LayerCAM requests arriving in pairs, at once."""
+    tiles = tiles_by_class()
+    client = client_for(server, tmp_path / "seq")
+    requests = [(tiles[i % len(tiles)], method) for i in range(30) for method in ("GradCAM++", "LayerCAM")]
+    sequential = {request: heatmap(client, *request) for request in set(requests)}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda i: heatmap(client_for(server, tmp_path / str(i)), *requests[i]),
+                                range(len(requests))))
+    mixed = [request for request, got in zip(requests, results) if not np.array_equal(got, sequential[request])]
+    assert mixed == []
+    assert_alive_and_clean(server)
 
 
 # 2. Only uploaded files are opened.
@@ -145,11 +171,14 @@ def test_plain_strings_and_missing_arguments_get_our_messages(server):
     assert "Traceback" not in server.output()
 
 
-def test_devices_cannot_block_the_workers(server, tmp_path):
-    for _ in range(4):  # more than the concurrency limit: a blocking open would take every worker
-        raw_call(server, "predict", [{"path": "/dev/console", "meta": FILEDATA}, 3], timeout=30)
-    result = client_for(server, tmp_path).predict(handle_file(str(EXAMPLES / "Forest.jpg")), api_name="/predict")
-    assert result["label"]
+def test_devices_and_fifos_cannot_block_the_workers(server, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading waits for a writer that never comes
+    # More calls than the concurrency limit: blocking opens would take every worker.
+    for value in [{"path": str(fifo)}, {"path": "/dev/console"}, {"path": str(fifo), "meta": FILEDATA}]:
+        assert error_text(raw_call(server, "predict", [value, 3], timeout=30)) == NOT_AN_UPLOAD
+    job = client_for(server, tmp_path).submit(handle_file(str(EXAMPLES / "Forest.jpg")), api_name="/predict")
+    assert job.result(timeout=60)["label"]
 
 
 # 3. The owner's OpenAI key has limits; a pasted key is never kept.
@@ -236,15 +265,20 @@ def test_a_big_jpeg_is_decoded_at_the_size_it_is_needed(tmp_path):
 # 5. Checkpoint configs are checked before anything is built.
 
 @pytest.mark.parametrize("edit, field", [
-    ({"label_names": {"0": "Forest"}}, "label_names"), ({"label_names": None}, "label_names"),
-    ({"model_args": {"checkpoint_path": "/etc/passwd"}}, "checkpoint_path"),
-    ({"pretrained_cfg": {"input_size": [3, 4096, 4096], "mean": [0.5] * 3, "std": [0.5] * 3}}, "input_size"),
-])
+    (lambda c: {"label_names": {"0": "Forest"}}, "label_names"),
+    (lambda c: {"label_names": None}, "label_names"),
+    (lambda c: {"label_names": [None] + c["label_names"][1:]}, "label_names"),
+    (lambda c: {"label_names": [{"name": name} for name in c["label_names"]]}, "label_names"),
+    (lambda c: {"label_names": [c["label_names"][0]] * len(c["label_names"])}, "label_names"),
+    (lambda c: {"model_args": {"checkpoint_path": "/etc/passwd"}}, "checkpoint_path"),
+    (lambda c: {"pretrained_cfg": {"input_size": [3, 4096, 4096], "mean": [0.5] * 3, "std": [0.5] * 3}},
+     "input_size"),
+], ids=["labels-dict", "labels-null", "a-null-label", "dict-labels", "same-labels", "checkpoint_path", "input_size"])
 def test_a_hostile_config_gets_the_banner_not_a_dead_process(untrained_checkpoint, tmp_path, edit, field):
     folder = tmp_path / "ckpt"
     shutil.copytree(untrained_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **edit}))
+    (folder / "config.json").write_text(json.dumps({**config, **edit(config)}))
     with running_app("--model", str(folder), log_dir=tmp_path / "logs") as app:
         page = httpx.get(f"{app.url}/config", timeout=30).json()
         banners = [c["props"]["value"] for c in page["components"] if c["props"].get("elem_id") == "banner"]

@@ -49,6 +49,19 @@ CSS = """
 CACHE_SECONDS = 900
 SHOW_ANSWER = ("() => { if (window.innerWidth < 700) "
                "document.getElementById('prediction')?.scrollIntoView({block: 'start'}); }")
+# Gradio's label rounds each probability to a whole percent, so a runner-up at 0.3% would read "0%". It reads
+# "<1%" instead. The text is changed in its own node, so the label's later updates still land there.
+SMALL_SHARES = """() => {
+  const fix = () => document.querySelectorAll('#prediction dd.confidence').forEach(dd => {
+    if (dd.textContent.trim() !== '0%') return;
+    const walker = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (/^\\s*0%?\\s*$/.test(node.data)) { node.data = node.data.replace('0', '<1'); break; }
+    }
+  });
+  new MutationObserver(fix).observe(document.body, {subtree: true, childList: true, characterData: true});
+  fix();
+}"""
 
 
 def example_tiles(folder: str | os.PathLike | None) -> list[tuple[str, str]]:
@@ -250,5 +263,6 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
     # in the visitor's browser storage.
     from starlette.middleware import Middleware
 
-    return dict(max_file_size=config.max_file_size, show_error=True, css=CSS, allowed_paths=allowed,
-                run_history=False, mcp_server=config.mcp, app_kwargs={"middleware": [Middleware(NoDeepLinks)]})
+    return dict(max_file_size=config.max_file_size, show_error=True, css=CSS, js=SMALL_SHARES,
+                allowed_paths=allowed, run_history=False, mcp_server=config.mcp,
+                app_kwargs={"middleware": [Middleware(NoDeepLinks)]})
