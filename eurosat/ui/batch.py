@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from .. import batch as batches
-from .shared import Served, user_errors, with_our_example
+from .shared import Tab, user_errors, with_our_example
 
 HEADERS = ["file", "top-1", "probability", "top-3", "error"]
 INTRO = (
@@ -23,11 +23,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
              r["top3"], r["error"] or ""] for r in rows]
 
 
-class BatchTab:
+class BatchTab(Tab):
     """The /batch endpoint and the tab's components."""
-
-    def __init__(self, served: Served):
-        self.served = served
 
     @user_errors
     def batch(self, files: Any, progress: gr.Progress = gr.Progress()) -> tuple[list[list[Any]], str]:

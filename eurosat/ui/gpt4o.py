@@ -9,7 +9,7 @@ import gradio as gr
 
 from .. import llm
 from ..budget import Budget
-from .shared import Served, Shown, client_of, message_of, user_errors
+from .shared import Served, Shown, Tab, client_of, message_of, user_errors
 
 INTRO = (
     "GPT-4o looks at the same tile and names one of the classes, shown beside the CNN's top-1. "
@@ -36,11 +36,11 @@ def button_state(api_key: str | None) -> dict[str, Any]:
     return {"interactive": ready, "value": ASK if ready else NEEDS_KEY}
 
 
-class Gpt4oTab:
+class Gpt4oTab(Tab):
     """The /gpt4o endpoint, the page's own Ask event, and the tab's components."""
 
     def __init__(self, served: Served, budget: Budget, ask: Callable[..., llm.SecondOpinion] = llm.ask):
-        self.served = served
+        super().__init__(served)
         self.budget = budget
         self.ask = ask
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
 from ..cam import DEFAULT_METHOD, overlay
-from .shared import DEFAULT_OPACITY, TOP1, Served, Shown, user_errors
+from .shared import DEFAULT_OPACITY, TOP1, Shown, Tab, own_file, user_errors
 
 LEGEND = (
     "Red and yellow mark the places that raised the chosen class's score most, blue the places that mattered "
@@ -18,22 +17,12 @@ LEGEND = (
 
 
 def heatmap_image(shown: Shown, opacity: float) -> Image.Image:
-    """The heatmap over the tile, tagged with an id of its own.
-
-    Gradio caches an output under the hash of its bytes and rewrites that file in place, so two
-    visitors getting the same heatmap at the same moment could each download the other's
-    half-written file. A per-response PNG text entry gives every response its own file.
-    """
-    image = Image.fromarray(overlay(shown.rgb, shown.analysis.heatmap, opacity))
-    image.info["response"] = uuid.uuid4().hex
-    return image
+    """The heatmap over the tile, as a file of its own."""
+    return own_file(Image.fromarray(overlay(shown.rgb, shown.analysis.heatmap, opacity)))
 
 
-class GradcamTab:
+class GradcamTab(Tab):
     """The /gradcam endpoint and the tab's components."""
-
-    def __init__(self, served: Served):
-        self.served = served
 
     @user_errors
     def gradcam(self, image: Any, class_name: Any = TOP1, method: Any = DEFAULT_METHOD,

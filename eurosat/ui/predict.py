@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from .shared import Served, user_errors
+from .shared import Tab, user_errors
 
 # One line per EuroSAT class, to help a reader judge an answer against the picture.
 CLASS_NOTES = {
@@ -80,11 +80,8 @@ def download(probabilities: dict[str, float], source: str) -> str:
     return str(path)
 
 
-class PredictTab:
+class PredictTab(Tab):
     """The /predict endpoint and the tab's components."""
-
-    def __init__(self, served: Served):
-        self.served = served
 
     @user_errors
     def predict(self, image: Any, k: Any = 5) -> dict[str, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from PIL import Image
 
 from .. import scene as scenes
 from ..imaging import open_georeferenced
-from .shared import DEFAULT_OPACITY, Served, user_errors, with_our_example
+from .shared import DEFAULT_OPACITY, Tab, own_file, user_errors, with_our_example
 
 # The map shown on the page is at most this size; the PNG download keeps the full resolution.
 MAX_SHOWN_SIDE = 1024
@@ -45,15 +44,11 @@ def shown(picture: np.ndarray) -> Image.Image:
     image = Image.fromarray(picture)
     if max(image.size) > MAX_SHOWN_SIDE:
         image.thumbnail((MAX_SHOWN_SIDE, MAX_SHOWN_SIDE), Image.Resampling.BOX)
-    image.info["response"] = uuid.uuid4().hex
-    return image
+    return own_file(image)
 
 
-class SceneTab:
+class SceneTab(Tab):
     """The /scene endpoint, the opacity redraw, and the tab's components."""
-
-    def __init__(self, served: Served):
-        self.served = served
 
     @user_errors
     def scene(self, image: Any, metres_per_pixel: Any = scenes.MODEL_MPP, opacity: Any = DEFAULT_OPACITY,

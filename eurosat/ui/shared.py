@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from .. import llm
 from ..batch import BatchError
@@ -129,6 +131,17 @@ def max_upload_bytes(config: AppConfig) -> int:
     return int(_parse_file_size(config.max_file_size))
 
 
+def own_file(image: Image.Image) -> Image.Image:
+    """`image`, tagged with an id so that this response gets a file of its own.
+
+    Gradio caches an output under the hash of its bytes and rewrites that file in place, so two
+    visitors getting the same picture at the same moment could each download the other's
+    half-written file. A per-response PNG text entry makes every response's bytes differ.
+    """
+    image.info["response"] = uuid.uuid4().hex
+    return image
+
+
 class Served:
     """The model being served, or why none is, and the checks every handler applies to what clients send.
 
@@ -209,6 +222,13 @@ class Served:
         target, method = self.class_name(class_name), self.method(method)
         tile = self.open(image)
         return Shown(self.path(image), display_rgb(tile), predictor.analyze(tile, target=target, method=method))
+
+
+class Tab:
+    """One tab of the page: its endpoint handlers and components, over the served model."""
+
+    def __init__(self, served: Served):
+        self.served = served
 
 
 def _by_name(name: Any, names: list[str]) -> str | None:
