@@ -463,3 +463,22 @@ print(len(names), attempts)
     count, attempts = _python(code, env).split(" ", 1)
     assert int(count) >= 8  # config, data, transforms, model, hub, imaging, inference, cam, ... all imported
     assert attempts == "[]"
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_only_a_pretrained_model_keeps_the_weights_tag(tmp_path, pretrained):
+    model = build_model("resnet18", 3)  # timm's config names its default ImageNet weights, a1_in1k
+    assert model.pretrained_cfg["tag"] == "a1_in1k"
+    hub.save(model, tmp_path, label_names=["a", "b", "c"], data_config=DataConfig.for_model(model, 64),
+             pretrained=pretrained)
+    saved = json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"]
+    assert ("tag" in saved, "license" in saved) == (pretrained, pretrained)
+
+
+def test_the_bundled_model_claims_no_imagenet_weights():
+    from conftest import REPO
+    from eurosat.config import BUNDLED_MODEL
+
+    config = json.loads((REPO / BUNDLED_MODEL / "config.json").read_text())
+    assert not {"tag", "license", "hf_hub_id"} & set(config["pretrained_cfg"])
+    assert config["train_config"]["pretrained"] is False and not config.get("initial_weights")
