@@ -69,3 +69,20 @@ def test_cam_isolation_compares_one_copy_with_one_per_slot(tmp_path):
     assert all(len(s) == 2 for s in results["seconds"].values()) and results["speedup_of_copies"] > 0
     saved = json.loads((tmp_path / "cam_isolation-test_resnet.json").read_text())
     assert saved["method"] == "GradCAM++" and saved["requests_per_round"] == 4
+
+
+def test_the_library_imports_nothing_from_the_benchmarks():
+    import ast
+    from pathlib import Path
+
+    from conftest import REPO
+
+    imported = set()
+    for path in (REPO / "eurosat").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {(path.name, alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add((path.name, node.module))
+    assert len(imported) > 20  # the walk sees the library's real imports
+    assert [pair for pair in imported if pair[1].split(".")[0] == "benchmarks"] == []
