@@ -26,14 +26,14 @@ import torch
 from PIL import Image
 
 from benchmarks.inference import machine, make_checkpoint
+from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cam_isolation", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(REPO / "models" / "eurosat-rgb-resnet18-cpu"),
-                   help="checkpoint folder (ignored with --arch)")
+    p.add_argument("--model", default=str(REPO / BUNDLED_MODEL), help="checkpoint folder (ignored with --arch)")
     p.add_argument("--arch", help="serve a randomly initialised timm model of this name instead")
     p.add_argument("--size", type=int, default=224, help="input size with --arch")
     p.add_argument("--method", default="GradCAM++", help="a pytorch-grad-cam method that hooks the model")
@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint = hub.load(str(folder))
     images = [Image.open(p).convert("RGB") for p in examples]
     tiles = [images[i % len(images)] for i in range(args.clients * args.requests)]
-    predictors = {f"{n} hooked cop{'y' if n == 1 else 'ies'}": Predictor(checkpoint, tta=checkpoint.tta, cam_copies=n)
-                  for n in (1, args.clients)}
-    expected = [next(iter(predictors.values())).analyze(tile, method=args.method).heatmap for tile in tiles]
+    one, many = "1 hooked copy", f"{args.clients} hooked copies"
+    predictors = {name: Predictor(checkpoint, tta=checkpoint.tta, cam_copies=n)
+                  for name, n in ((one, 1), (many, args.clients))}
+    expected = [predictors[one].analyze(tile, method=args.method).heatmap for tile in tiles]
     seconds: dict[str, list[float]] = {name: [] for name in predictors}
     for r in range(args.rounds + 1):  # round 0 warms both up and is not kept
         for name in (list(predictors) if r % 2 else list(predictors)[::-1]):
@@ -75,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             assert all(np.array_equal(a, b) for a, b in zip(maps, expected)), f"{name}: a heatmap changed"
             if r:
                 seconds[name].append(took)
-    one, many = predictors
     result = {
         "machine": machine(), "model": args.arch or folder.name, "method": args.method, "clients": args.clients,
         "requests_per_round": len(tiles), "rounds": args.rounds, "torch_threads": torch.get_num_threads(),

@@ -20,6 +20,7 @@ from PIL import Image
 
 from benchmarks.appserver import peak_rss, running_app
 from benchmarks.inference import machine
+from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def photo(path: Path, width: int = 7360, height: int = 4912) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(REPO / "models" / "eurosat-rgb-resnet18-cpu"))
+    p.add_argument("--model", default=str(REPO / BUNDLED_MODEL))
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--out", default="results")
     args = p.parse_args(argv)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from benchmarks.appserver import running_app
 from benchmarks.inference import machine
+from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "tests" / "data" / "eurosat-rgb-mini"
@@ -35,7 +36,7 @@ MINI = REPO / "tests" / "data" / "eurosat-rgb-mini"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scene", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(REPO / "models" / "eurosat-rgb-resnet18-cpu"), help="checkpoint folder")
+    p.add_argument("--model", default=str(REPO / BUNDLED_MODEL), help="checkpoint folder")
     p.add_argument("--side", type=int, default=2048, help="the scene's side in pixels")
     p.add_argument("--batch-files", type=int, default=100, help="tiles in the batch upload")
     p.add_argument("--batch-size", type=int, default=64, help="cells per forward pass (the scene's own default)")
