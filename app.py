@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # torch and gradio load when the app starts, not when this fi
     import gradio as gr
 
     from eurosat.budget import Limits
-
     from eurosat.inference import Predictor
 
 HERE = Path(__file__).resolve().parent
@@ -109,12 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
     from eurosat.budget import Limits
     from eurosat.engine import resolve_device
+    from eurosat.errors import SettingError
     from eurosat.ui import launch_kwargs
 
     try:
         config = dataclasses.replace(config, device=resolve_device(config.device))
         limits = Limits.from_env()  # a typo in a limit stops the app here, not at the first visitor
-    except ValueError as e:
+    except SettingError as e:
         parser().error(str(e))
     demo = build(config, limits)
     # `gradio app.py` (reload mode) looks for the launched demo under the name `demo`.

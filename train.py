@@ -12,7 +12,13 @@ import argparse
 import logging
 import sys
 
-from eurosat.config import DEFAULT_DATASET, PRESETS, TrainConfig, add_flags, make_train_config
+from eurosat.config import (
+    DEFAULT_DATASET,
+    PRESETS,
+    TrainConfig,
+    add_flags,
+    make_train_config,
+)
 
 COMMANDS = ("fit", "evaluate", "push")
 
@@ -51,15 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.command_line = " ".join(["python train.py", *argv])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from eurosat.data import DatasetError
-    from eurosat.hub import CheckpointError
-    from eurosat.publish import PushError
-    from eurosat.runner import RunError
-    from eurosat.trainstate import StateError
+    from eurosat.errors import UserError
 
     try:
         return {"fit": run_fit, "evaluate": run_evaluate, "push": run_push}[args.command](args)
-    except (DatasetError, CheckpointError, PushError, RunError, StateError, ValueError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import torch
 
 from .config import MAX_PIXELS
+from .errors import UserError
 from .fileio import atomic_write
 from .imaging import ImageError, open_image, to_tensor
 
@@ -42,7 +43,7 @@ _ARCHIVER_LITTER = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$|desktop\
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class BatchError(ValueError):
+class BatchError(UserError, ValueError):
     """A batch that cannot be classified at all; the message tells the user what to upload instead."""
 
 

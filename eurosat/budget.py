@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import logging
 import math
 import os
 import threading
@@ -11,9 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .llm import LLMError
+from .errors import SettingError, UserError
 
 # Requests made with the server's own key (OPENAI_API_KEY); a visitor's pasted key is never counted.
+log = logging.getLogger(__name__)
+
 ENV_CLIENT_LIMIT = "EUROSAT_GPT4O_CLIENT_LIMIT"  # per visitor in any hour
 ENV_DAILY_LIMIT = "EUROSAT_GPT4O_DAILY_LIMIT"  # all visitors together, per UTC day
 ENV_TRUSTED_PROXIES = "EUROSAT_TRUSTED_PROXIES"  # proxies in front of the app that append to X-Forwarded-For
@@ -32,7 +35,7 @@ class Limits:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Limits:
         """The limits set in the environment; a value that is not a whole number >= 0 raises ValueError.
 
-        An unreadable limit stops the app at startup rather than fall back: a typo must not turn a
+        An unreadable limit (SettingError) stops the app at startup rather than fall back: a typo must not turn a
         budget the owner chose into one they did not. Trusted proxies default to 1 on Hugging Face
         Spaces (SPACE_ID is set), which serve apps behind a proxy, and to 0 elsewhere. Set the real
         count: one too many lets visitors choose their key; one too few makes them share one.
@@ -42,7 +45,7 @@ class Limits:
             if not text:
                 return default
             if not (text.isascii() and text.isdigit()):
-                raise ValueError(f"{name} must be a whole number of 0 or more, got {text[:20]!r}.")
+                raise SettingError(f"{name} must be a whole number of 0 or more, got {text[:20]!r}.")
             return int(text)
 
         return cls(number(ENV_CLIENT_LIMIT, cls.per_client_per_hour), number(ENV_DAILY_LIMIT, cls.per_day),
@@ -84,6 +87,15 @@ def _clock_time(when: float) -> str:
     return time.strftime("%H:%M UTC", time.gmtime(when))
 
 
+class LimitReached(UserError):
+    """A request on the server's own key that a limit refuses; the message says when the next one is possible."""
+
+
+def _refused(limit: str, message: str) -> LimitReached:
+    log.warning("a GPT-4o request on the server's key was refused: %s limit", limit)
+    return LimitReached(message)
+
+
 OWN_KEY = ("Your own OpenAI API key still works and is not counted: paste it into the key field "
            "(API: the api_key argument).")
 
@@ -103,9 +115,9 @@ class Budget:
         self._day, self._today = -1, 0
 
     def take(self, client: str) -> None:
-        """Count one request of `client`, or raise LLMError(kind="limit") saying when it is possible again."""
+        """Count one request of `client`, or raise LimitReached saying when it is possible again."""
         if not (self.limits.per_client_per_hour and self.limits.per_day):
-            raise LLMError("limit", f"This server does not lend its own OpenAI key for GPT-4o (its limit is 0). "
+            raise _refused("zero", f"This server does not lend its own OpenAI key for GPT-4o (its limit is 0). "
                                     f"{OWN_KEY}")
         with self._lock:
             now = self._clock()
@@ -117,9 +129,9 @@ class Budget:
             while recent and now - recent[0] >= HOUR:
                 recent.popleft()
             if len(recent) >= self.limits.per_client_per_hour:
-                raise LLMError("limit", self._client_message(recent[0] + HOUR - now, now))
+                raise _refused("per-client", self._client_message(recent[0] + HOUR - now, now))
             if self._today >= self.limits.per_day:
-                raise LLMError("limit", self._daily_message((day + 1) * DAY - now))
+                raise _refused("daily", self._daily_message((day + 1) * DAY - now))
             recent.append(now)
             self._recent[client] = recent
             self._today += 1

@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import SettingError
+
 DEFAULT_DATASET = "timm/eurosat-rgb"
 DEFAULT_ARCH = "resnet50"
 # The folder of the bundled default checkpoint, beside app.py; served when no model is named.
@@ -52,6 +54,12 @@ class TrainConfig:
     whole_tile_epochs: int = _arg(0, "with --train-crop, the last epochs train on whole tiles again")
     ema_decay: float = _arg(0.0, "keep an exponential moving average of the weights with this decay per "
                                  "step, and validate and save it (0: off)")
+    translate: int = _arg(0, "shift each training tile or window by up to this many pixels, mirroring the border")
+    erase: int = _arg(0, "blank a random square of this many pixels in each training input (cutout; 0: off)")
+    teacher: str | None = _arg(None, "distil from this checkpoint (folder or Hub id): its 8-view answers on the "
+                                     "training tiles become soft targets", metavar="CHECKPOINT")
+    distill_weight: float = _arg(0.5, "with --teacher, the share of the loss given to the teacher's soft targets")
+    distill_temperature: float = _arg(1.0, "with --teacher, the temperature that softens both answers")
     mixup_alpha: float = _arg(0.0, "mixup's Beta parameter (0: off)")
     cutmix_alpha: float = _arg(0.0, "CutMix's Beta parameter (0: off)")
     seed: int = _arg(0, "seed of the split, the initialisation, shuffling and augmentation")
@@ -111,7 +119,7 @@ def make_train_config(preset: str | None = None, **overrides: Any) -> TrainConfi
     values: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            raise SettingError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
         values["preset"] = preset
     values.update({k: v for k, v in overrides.items() if v is not None})

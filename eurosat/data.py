@@ -9,10 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserError
+
 SPLIT_ALIASES = {"validation": ("validation", "valid", "val")}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset source that cannot be used; the message names the source and what is wrong."""
 
 
@@ -34,7 +36,8 @@ class Splits:
 
 
 def _find_columns(features, source: str) -> tuple[str, str]:
-    from datasets import ClassLabel, Image as ImageFeature
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
 
     image_cols = [n for n, f in features.items() if isinstance(f, ImageFeature)]
     label_cols = [n for n, f in features.items() if isinstance(f, ClassLabel)]

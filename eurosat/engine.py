@@ -8,14 +8,18 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import SettingError
 from .transforms import Transform, dihedral
+
+if TYPE_CHECKING:
+    from .distill import SoftTargets
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
+        raise SettingError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu or auto")
     return name
 
 
@@ -89,7 +93,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) 
         return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"Unknown optimizer {name!r}; choose adamw or sgd")
+    raise SettingError(f"Unknown optimizer {name!r}; choose adamw or sgd")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
@@ -170,11 +174,13 @@ def reduce_sum(values: list[float], runtime: Runtime) -> list[float]:
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, transform: Transform,
                     optimizer: torch.optim.Optimizer, scheduler, batch_size: int, generator: torch.Generator,
                     runtime: Runtime, label_smoothing: float = 0.0, average: WeightAverage | None = None,
-                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                    mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, targets: SoftTargets | None = None,
                     progress: Callable[[dict], None] | None = None) -> dict[str, float]:
     """One pass over a shuffled training set; returns loss, accuracy and images/s (summed over ranks).
 
-    With mixup or CutMix, accuracy counts the label with the larger share of each mixed input.
+    With mixup or CutMix, accuracy counts the label with the larger share of each mixed input. With
+    `targets`, the loss mixes the labels' cross-entropy with the teacher's soft targets (mixed as
+    the inputs are).
     """
     model.train()
     order = shard(torch.randperm(len(labels), generator=generator), runtime)
@@ -193,7 +199,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             if lam < 1.0:
                 loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y.flip(0), label_smoothing=label_smoothing)
-                y = y if lam >= 0.5 else y.flip(0)
+            if targets is not None:
+                loss = (1 - targets.weight) * loss + targets.weight * targets.loss(logits, idx, lam)
+            y = y if lam >= 0.5 else y.flip(0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

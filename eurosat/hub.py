@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import UserError
 from .fileio import commit
 from .model import build_model
 from .transforms import DataConfig
-
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 # For checkpoints saved before the threshold was fitted: the notice then means "less likely than not".
 DEFAULT_NOTICE_THRESHOLD = 0.5
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be loaded; the message says what happened and what to do."""
 
 
@@ -155,8 +155,13 @@ def resolve_files(source: str, *, cache_dir: str | None = None) -> Path:
 def _download(source: str, cache_dir: str | None) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError,
-        RevisionNotFoundError)
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo_id, revision = parse_source(source)
     if hub_repo(source) is None:

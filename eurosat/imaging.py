@@ -10,6 +10,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import MAX_PIXELS
+from .errors import UserError
+
 # The multispectral EuroSAT release: 13 Sentinel-2 bands in the order B01, B02, B03, B04, B05, B06, B07,
 # B08, B08A, B09, B10, B11, B12. True colour is B04 (red), B03 (green), B02 (blue).
 SENTINEL2_BANDS = 13
@@ -25,7 +27,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An input that cannot be used as an image; the message tells the user what to upload instead."""
 
 

@@ -9,14 +9,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from PIL import Image
 
-from eurosat.imaging import to_rgb
-
-if TYPE_CHECKING:
-    from eurosat.budget import Budget
+from .errors import UserError
+from .imaging import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +32,11 @@ MAX_OUTPUT_TOKENS = 300
 
 
 
-class LLMError(Exception):
+class LLMError(UserError):
     """A second opinion that could not be had. `message` is for users and never contains the key.
 
-    `kind` is one of: no_key, limit (this server's budget for its own key is used up), auth (401 or an
-    unusable key), rate_limit (429), server (5xx), timeout, connection, rejected (other 4xx), refusal,
-    malformed, off_list. `status` is the HTTP status, if any.
+    `kind` is one of: no_key, auth (401 or an unusable key), rate_limit (429), server (5xx), timeout,
+    connection, rejected (other 4xx), refusal, malformed, off_list. `status` is the HTTP status, if any.
     """
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
@@ -175,13 +172,13 @@ def _api_error(err: Exception, model: str, timeout: float) -> LLMError:
 
 
 def ask(image: Image.Image, label_names: Sequence[str], *, api_key: str | None = None, model: str | None = None,
-        timeout: float = MAX_TIMEOUT, budget: Budget | None = None, client: str = "unknown") -> SecondOpinion:
+        timeout: float = MAX_TIMEOUT, before_send: Callable[[], None] | None = None) -> SecondOpinion:
     """Ask the model which of `label_names` the tile shows: one chat completion with the image.
 
     The key is the typed `api_key` if one was given, else OPENAI_API_KEY; it lives only in this
-    call's client. A request on OPENAI_API_KEY is first counted in `budget` under `client` (see
-    `client_id`); a typed key is never counted. The endpoint is OPENAI_BASE_URL, read by the SDK.
-    Raises LLMError on any failure.
+    call's client. Just before a request on OPENAI_API_KEY is sent, `before_send()` runs (the app
+    counts it against its limits there, and a UserError it raises stops the request); a typed key is
+    never counted. The endpoint is OPENAI_BASE_URL, read by the SDK. Raises LLMError on any failure.
     """
     import openai
 
@@ -203,8 +200,8 @@ def ask(image: Image.Image, label_names: Sequence[str], *, api_key: str | None =
                 {"type": "image_url", "image_url": {"url": image_data_url(image), "detail": IMAGE_DETAIL}},
             ]},
         ]
-        if budget is not None and not typed:
-            budget.take(client)
+        if before_send is not None and not typed:
+            before_send()
         # A client per call, closed after it, so nothing keeps a typed key; no retries, so one click is
         # one billed request and the wait is bounded by the timeout.
         with openai.OpenAI(api_key=key, timeout=timeout, max_retries=0) as sdk:

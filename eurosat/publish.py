@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
 
-class PushError(RuntimeError):
+
+class PushError(UserError, RuntimeError):
     """An upload that failed; the local folder is untouched and the message gives the retry command."""
 
 

@@ -15,8 +15,18 @@ from . import hub
 from .calibration import calibrated_softmax, choose_threshold, fit_temperature
 from .config import TrainConfig
 from .data import decode_split, load_splits, subsample
-from .engine import (Runtime, WeightAverage, evaluate, make_optimizer, make_scheduler, predict,
-                     resolve_runtime, train_one_epoch)
+from .distill import SoftTargets, teacher_logits
+from .engine import (
+    Runtime,
+    WeightAverage,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    resolve_runtime,
+    train_one_epoch,
+)
+from .errors import UserError
 from .fileio import write_text
 from .model import build_model
 from .trainstate import STATE_FILE, load_state, save_state
@@ -25,7 +35,7 @@ from .transforms import DataConfig, eval_transform, train_transform
 LOG_FILE = "log.jsonl"
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 
 
@@ -94,11 +104,12 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs))
     generator = torch.Generator().manual_seed(cfg.seed)  # drives shuffling and augmentation, so it is resumed too
-    whole_tiles = train_transform(data_config, generator)
-    windows = train_transform(data_config, generator, crop=cfg.train_crop)
+    whole_tiles = train_transform(data_config, generator, translate=cfg.translate, erase=cfg.erase)
+    windows = train_transform(data_config, generator, crop=cfg.train_crop, translate=cfg.translate, erase=cfg.erase)
     to_input = eval_transform(data_config)
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     served = average.module if average is not None else model  # what is validated and saved
+    targets = _soft_targets(cfg, train_x, labels, runtime, log) if cfg.teacher else None
     extra_config = {"train_config": cfg.to_dict(), "initial_weights": hub.initial_weights(model, cfg.pretrained),
                     "command": command}
 
@@ -129,7 +140,7 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
                 train_model, train_x, train_y, transform=whole_tiles if whole else windows, optimizer=optimizer,
                 scheduler=scheduler, batch_size=cfg.batch_size, generator=generator, runtime=runtime,
                 label_smoothing=cfg.label_smoothing, average=average, mixup_alpha=cfg.mixup_alpha,
-                cutmix_alpha=cfg.cutmix_alpha, progress=partial(_show, bar))
+                cutmix_alpha=cfg.cutmix_alpha, targets=targets, progress=partial(_show, bar))
         val = evaluate(served, *tensors["validation"], transform=to_input, runtime=runtime)
         run["train_seconds"] += train["seconds"]
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
@@ -159,6 +170,23 @@ def fit(cfg: TrainConfig, *, log: Callable[[str], None] = print, show_progress: 
     served.load_state_dict(best)
     return finish(cfg, out, served, data_config, extra_config, run, tensors["validation"], tensors["test"], labels,
                   runtime, log, wall_seconds=wall_before + time.perf_counter() - started)
+
+
+def _soft_targets(cfg: TrainConfig, images: torch.Tensor, labels: list[str], runtime: Runtime,
+                  log: Callable[[str], None]) -> SoftTargets:
+    """The teacher's 8-view answers on the training tiles, with the weight and temperature of the run."""
+    start = time.perf_counter()
+    try:
+        teacher = hub.load(cfg.teacher, device=runtime.device)
+    except hub.CheckpointError as e:
+        raise RunError(f"The teacher could not be loaded: {e}") from None
+    if teacher.label_names != labels:
+        raise RunError(f"The teacher {cfg.teacher!r} knows the classes {teacher.label_names}, not the dataset's "
+                       f"{labels}: distil from a checkpoint trained on the same classes.")
+    logits = teacher_logits(teacher.model, images, transform=eval_transform(teacher.data_config), runtime=runtime)
+    log(f"Teacher {cfg.teacher}: 8-view answers on {len(images):,} training tiles in "
+        f"{time.perf_counter() - start:.0f} s.")
+    return SoftTargets(logits, cfg.distill_weight, cfg.distill_temperature)
 
 
 def _quiet(_: str) -> None:

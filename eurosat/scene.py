@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserError
 from .fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ _GRID_SHADE = 0.6
 _TAG_TYPES = {33550: "d", 33922: "d", 34264: "d", 34735: "H", 34736: "d", 34737: "s"}
 
 
-class SceneError(ValueError):
+class SceneError(UserError, ValueError):
     """A scene that cannot be mapped; the message says why and what to do instead."""
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
 from .fileio import atomic_write
 
 STATE_FILE = "train_state.safetensors"
 
 
-class StateError(RuntimeError):
+class StateError(UserError, RuntimeError):
     """A training-state file that cannot be resumed from; nothing has been loaded when it is raised."""
 
 

@@ -90,38 +90,71 @@ def dihedral(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def random_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A random `size` x `size` window of each image (N, C, H, W), one offset per image, no resampling."""
+def random_crop(images: torch.Tensor, size: int, generator: torch.Generator, pad: int = 0) -> torch.Tensor:
+    """A random `size` x `size` window of each image (N, C, H, W), one offset per image, no resampling.
+
+    With `pad`, the window may start up to `pad` pixels outside the image, whose border is then
+    mirrored (reflect, as `numpy.pad` does): a translation that invents no colours, only repeats the
+    ground beside it.
+    """
     n, _, height, width = images.shape
-    if size >= min(height, width):
+    if pad <= 0 and size >= min(height, width):
         return images
-    top = torch.randint(0, height - size + 1, (n,), generator=generator).to(images.device)
-    left = torch.randint(0, width - size + 1, (n,), generator=generator).to(images.device)
+    top = torch.randint(-pad, height - size + pad + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(-pad, width - size + pad + 1, (n,), generator=generator).to(images.device)
     steps = torch.arange(size, device=images.device)
-    rows = (top[:, None] + steps)[:, None, :, None]  # (N, 1, size, 1)
-    cols = (left[:, None] + steps)[:, None, None, :]  # (N, 1, 1, size)
+    rows = _reflect(top[:, None] + steps, height)[:, None, :, None]  # (N, 1, size, 1)
+    cols = _reflect(left[:, None] + steps, width)[:, None, None, :]  # (N, 1, 1, size)
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     return images[batch, channel, rows, cols]
 
 
+def _reflect(index: torch.Tensor, length: int) -> torch.Tensor:
+    """Indices outside 0..length-1 mirrored back inside, the edge pixel not repeated (-1 -> 1)."""
+    period = 2 * (length - 1)
+    index = index.remainder(period) if period > 0 else torch.zeros_like(index)
+    return torch.where(index >= length, period - index, index)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Set a random `size` x `size` square of each normalised image to 0 (the mean colour), in place.
+
+    The square may hang over the border, so pixels near the edges are hidden as often as central ones.
+    """
+    n, _, height, width = x.shape
+    top = torch.randint(-(size // 2), height - size // 2, (n, 1), generator=generator)
+    left = torch.randint(-(size // 2), width - size // 2, (n, 1), generator=generator)
+    rows, cols = torch.arange(height)[None], torch.arange(width)[None]
+    inside_rows = (rows >= top) & (rows < top + size)  # (N, H)
+    inside_cols = (cols >= left) & (cols < left + size)  # (N, W)
+    hidden = (inside_rows[:, :, None] & inside_cols[:, None, :]).to(x.device)
+    return x.masked_fill_(hidden[:, None], 0.0)
+
+
 def train_transform(cfg: DataConfig, generator: torch.Generator, dtype: torch.dtype = torch.float32,
-                    crop: int | None = None) -> Transform:
+                    crop: int | None = None, translate: int = 0, erase: int = 0) -> Transform:
     """Random D4 symmetry per tile, optionally a random `crop`-pixel window, then the eval transform.
 
     Overhead tiles have no 'up', so every flip and right-angle rotation keeps the label; the
     augmentation is exact (no interpolation) and runs batched on the training device. A crop keeps
     the ground resolution (10 m per pixel stays 10 m per pixel): it is resized by the same factor as a
     whole tile would be, so a 48-pixel window of a 64-pixel tile trains at 3/4 of the input size, for
-    about half the compute of a whole tile.
+    about half the compute of a whole tile. `translate` shifts the window (or the whole tile) by up to
+    that many pixels, mirroring the border; `erase` blanks a random square of that many pixels (cutout).
     """
     def apply(images: torch.Tensor) -> torch.Tensor:
         codes = torch.randint(0, 8, (images.shape[0],), generator=generator)
         if images.shape[-1] != images.shape[-2]:
             codes -= codes % 2  # quarter turns would change a non-square tile's shape: keep flips and half turns
         views = dihedral(images, codes)
-        if crop is None or crop >= min(views.shape[-2:]):
-            return eval_transform(cfg, dtype)(views)
-        size = tuple(max(1, round(side * crop / tile)) for side, tile in zip(cfg.input_size, views.shape[-2:]))
-        return eval_transform(cfg, dtype, size)(random_crop(views, crop, generator))
+        side = min(views.shape[-2:])
+        window = side if crop is None else min(crop, side)
+        square = views.shape[-1] == views.shape[-2]
+        if window < side or (translate > 0 and square):
+            size = tuple(max(1, round(n * window / tile)) for n, tile in zip(cfg.input_size, views.shape[-2:]))
+            x = eval_transform(cfg, dtype, size)(random_crop(views, window, generator, pad=translate))
+        else:
+            x = eval_transform(cfg, dtype)(views)
+        return cutout(x, erase, generator) if erase > 0 else x
     return apply

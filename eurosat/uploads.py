@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 NO_IMAGE = "No image was given: upload a satellite tile (PNG or JPEG)."
@@ -29,7 +31,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-class UploadError(ValueError):
+class UploadError(UserError, ValueError):
     """A file argument that is not a usable upload; the message is for the user and names no server path."""
 
 

@@ -58,8 +58,9 @@ class Gpt4oTab(Tab):
         path = self.served.path(image)
         tile = self.served.open(image)
         # The key goes to this one call and nowhere else: not into state, logs or the answer.
-        opinion = self.ask(tile, predictor.label_names, api_key=api_key or None, budget=self.budget,
-                           client=client_of(request, self.budget.limits))
+        client = client_of(request, self.budget.limits)
+        opinion = self.ask(tile, predictor.label_names, api_key=api_key or None,
+                           before_send=lambda: self.budget.take(client))
         # The page already has this image's probabilities; an API call runs the CNN once.
         probabilities = shown.analysis.probabilities if shown is not None and shown.path == path \
             else predictor.predict(tile, 1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +21,7 @@ from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
 from .scene import SceneTab
-from .shared import USER_FAILURES, Served, Shown, message_of, user_error, user_errors, with_our_example
-
-log = logging.getLogger(__name__)
+from .shared import Served, Shown, message_of, user_error, user_errors, with_our_example
 
 APP_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -108,9 +105,7 @@ class Page:
             count, alpha = self.served.k(k), self.served.opacity(opacity)
             shown = self.served.analyze(image, class_name, method)
         except Exception as e:
-            if not isinstance(e, (gr.Error, *USER_FAILURES)):
-                log.exception("show failed")
-            message = message_of(e)
+            message = message_of(e, "show")
             gr.Warning(message)
             return None, f"⚠️ {message}", "", None, "", None, gr.update(visible=False, value=None), cleared
         probabilities = shown.analysis.probabilities

@@ -12,15 +12,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .. import llm
-from ..batch import BatchError
 from ..budget import Limits, client_id
 from ..cam import CAM_METHODS, DEFAULT_METHOD
 from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
-from ..imaging import ImageError, open_image, to_rgb
+from ..errors import UserError
+from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
-from ..scene import SceneError
-from ..uploads import UploadError, uploaded_file
+from ..uploads import uploaded_file
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,6 @@ DEFAULT_OPACITY = 0.5
 MAX_DISPLAY_SIDE = 512
 UNEXPECTED = ("Something went wrong while handling this request. The details were logged on the server; "
               "try another image, or try again later.")
-# Failures whose text is written for the user, relayed as they are.
-USER_FAILURES: tuple[type[Exception], ...] = (ImageError, UploadError, llm.LLMError, SceneError, BatchError)
 
 
 # What the "Use via API" page and the MCP schema show as an example file: one of the repository's tiles.
@@ -66,17 +62,19 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-def message_of(error: Exception) -> str:
-    """The user's message of a failure: its own text when it was written for users, else a short apology."""
+def message_of(error: Exception, where: str = "a request") -> str:
+    """The user's message of a failure: its own text when it was written for users (a UserError, or a
+    gr.Error raised here), else a short apology, with the failure and its stack trace logged for the operator."""
     if isinstance(error, gr.Error):
         return str(error.message)
-    if isinstance(error, USER_FAILURES):
+    if isinstance(error, UserError):
         return str(error)
+    log.error("%s failed", where, exc_info=error)
     return UNEXPECTED
 
 
 def user_errors(handler: Callable) -> Callable:
-    """Expected failures become gr.Error with their own message; anything else is logged and gets a short one.
+    """Every failure of `handler` becomes a gr.Error with its `message_of`.
 
     Only gr.Error text reaches API clients (other exceptions arrive as an opaque error), and no stack
     trace ever leaves the server.
@@ -86,9 +84,7 @@ def user_errors(handler: Callable) -> Callable:
         try:
             return handler(*args, **kwargs)
         except Exception as e:
-            if not isinstance(e, (gr.Error, *USER_FAILURES)):
-                log.exception("%s failed", handler.__name__)
-            raise user_error(message_of(e)) from None
+            raise user_error(message_of(e, handler.__name__)) from None
     return wrapper
 
 
