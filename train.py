@@ -12,13 +12,7 @@ import argparse
 import logging
 import sys
 
-from eurosat.config import (
-    DEFAULT_DATASET,
-    PRESETS,
-    TrainConfig,
-    add_flags,
-    make_train_config,
-)
+from eurosat.config import DEFAULT_DATASET, PRESETS, TrainConfig, add_flags, make_train_config
 
 COMMANDS = ("fit", "evaluate", "push")
 

@@ -200,6 +200,7 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
     from eurosat import hub
     from eurosat.cam import overlay
     from eurosat.inference import Predictor
+    from eurosat.views import d4_views, in_layout
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -217,7 +218,8 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
     other_format = torch.contiguous_format if predictor.channels_last else torch.channels_last
     alt_model = hub.load(str(checkpoint), device=device).model.eval().to(memory_format=other_format)
     # The views the served answer is computed from: one, or the 8 flips and rotations when TTA is on.
-    inputs = [predictor.views(predictor.inputs([im])) for im in images]
+    inputs = [in_layout(predictor.model, d4_views(x) if predictor.tta else x)
+              for x in (predictor.inputs([im]) for im in images)]
     alt_inputs = [x.contiguous(memory_format=other_format) for x in inputs]
     plain_inputs = [x.contiguous() for x in inputs]
     baseline = Baseline(len(predictor.label_names), args.size, device)

@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     from eurosat.data import decode_split, load_splits
-    from eurosat.engine import make_optimizer, resolve_runtime
+    from eurosat.engine import make_optimizer
     from eurosat.model import build_model
     from eurosat.transforms import DataConfig, train_transform
+    from eurosat.views import in_layout
 
-    runtime = resolve_runtime("cpu")
     splits = load_splits(args.dataset)
     ds = splits.split(args.split)
     if args.limit:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def step(batches: Iterator) -> float:
         begin = time.perf_counter()
         x, y = next(batches)
-        loss = F.cross_entropy(model(runtime.to_input(x)), y)
+        loss = F.cross_entropy(model(in_layout(model, x)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -69,6 +69,7 @@ def in_process(args: argparse.Namespace, picture: np.ndarray) -> dict[str, Any]:
     """Cells per second of the scene path and of a bare batched forward of the same cells, interleaved."""
     from eurosat import hub, scene
     from eurosat.inference import Predictor
+    from eurosat.views import d4_views, in_layout
 
     checkpoint = hub.load(args.model)
     predictor = Predictor(checkpoint, tta=checkpoint.tta if args.tta is None else args.tta)
@@ -80,7 +81,8 @@ def in_process(args: argparse.Namespace, picture: np.ndarray) -> dict[str, Any]:
     def forward() -> None:
         with torch.inference_mode():
             for start in range(0, len(ready), args.batch_size):
-                predictor.model(predictor.views(ready[start:start + args.batch_size]))
+                batch = ready[start:start + args.batch_size]
+                predictor.model(in_layout(predictor.model, d4_views(batch) if predictor.tta else batch))
 
     def mapped() -> None:
         scene.classify_scene(picture, predictor, batch_size=args.batch_size)

@@ -23,6 +23,7 @@ from .config import MAX_PIXELS
 from .errors import UserError
 from .fileio import atomic_write
 from .imaging import ImageError, open_image, to_tensor
+from .uploads import Upload, display_name, plain_text
 
 if TYPE_CHECKING:
     from .inference import Predictor
@@ -40,7 +41,6 @@ _WAITING_BYTES = 64 * 1024 * 1024  # decoded images held before they are classif
 _COMPRESSIONS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 # What archivers add beside the files: never images, and not the user's to fix.
 _ARCHIVER_LITTER = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$|desktop\.ini$)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BatchError(UserError, ValueError):
@@ -58,22 +58,10 @@ class _Entry:
     error: str | None = None
 
 
-def upload_name(upload: str | os.PathLike | Mapping[str, Any]) -> str:
-    """The user's own name of an upload: the last part of its `orig_name`, else of its path."""
-    path = upload.get("path") if isinstance(upload, Mapping) else upload
-    name = upload.get("orig_name") if isinstance(upload, Mapping) else None
-    return _display(re.split(r"[\\/]", str(name or path or ""))[-1]) or "(unnamed file)"
-
-
-def _display(name: str) -> str:
-    """A name shown as text only: control characters replaced, long names cut."""
-    return _CONTROL.sub("?", name)[:255]
-
-
-def classify_batch(uploads: Sequence[str | os.PathLike | Mapping[str, Any]], predictor: Predictor, *,
+def classify_batch(uploads: Sequence[str | os.PathLike | Upload], predictor: Predictor, *,
                    batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
                    max_pixels: int = MAX_PIXELS) -> list[dict[str, Any]]:
-    """Classify every image among `uploads` (paths, or Gradio FileData dicts with `path` and `orig_name`).
+    """Classify every image among `uploads` (checked uploads, named by their user's file name, or paths).
 
     A `.zip` upload is read as an archive: each file inside is one row named by its path in the
     archive (folders skipped; archives inside archives are not opened). Members are unpacked to temp
@@ -101,11 +89,9 @@ def classify_batch(uploads: Sequence[str | os.PathLike | Mapping[str, Any]], pre
     return sorted(rows, key=lambda r: (r["error"] is None, r["probability"] or 0.0, r["file"]))
 
 
-def _entries(upload: Any, stack: contextlib.ExitStack) -> list[_Entry]:
-    name = upload_name(upload)
-    path = upload.get("path") if isinstance(upload, Mapping) else upload
-    if not path:
-        return [_Entry(name, error="This upload has no file: upload it again.")]
+def _entries(upload: str | os.PathLike | Upload, stack: contextlib.ExitStack) -> list[_Entry]:
+    name = upload.name if isinstance(upload, Upload) else display_name(os.fspath(upload))
+    path = upload.path if isinstance(upload, Upload) else upload
     if not name.lower().endswith(".zip"):
         return [_Entry(name, path=os.fspath(path))]
     try:
@@ -121,7 +107,7 @@ def _entries(upload: Any, stack: contextlib.ExitStack) -> list[_Entry]:
     if declared > MAX_UNPACKED_BYTES:
         return [_Entry(name, error=f"This ZIP archive declares {declared:,} bytes of files once unpacked, over "
                                    f"the limit of {MAX_UNPACKED_BYTES:,}: split it into smaller archives.")]
-    return [_Entry(_display(m.filename), archive=archive, member=m) for m in files]
+    return [_Entry(plain_text(m.filename), archive=archive, member=m) for m in files]
 
 
 def _run(entries: list[_Entry], scratch: str, predictor: Predictor, batch_size: int,

@@ -72,8 +72,9 @@ class TrainConfig:
     max_train_samples: int | None = _arg(None, "stratified subset of train, for quick trials")
     val_fraction: float = _arg(0.2, "share of train held out for validation when the dataset has no "
                                     "validation split")
-    tta: bool = _arg(True, "serve the mean of the 8 flips and right-angle rotations: the notice threshold is "
-                           "fitted on it, config.json says so, and the report gives its test accuracy")
+    tta: bool | None = _arg(None, "serve the mean of the 8 flips and right-angle rotations (config.json says so, "
+                                  "and the notice threshold is fitted on it); default: only when it raises "
+                                  "validation top-1 by at least 0.3 points")
     preset: str | None = _arg(None, "a recipe from PRESETS; flags given with it win")
 
     def to_dict(self) -> dict[str, Any]:

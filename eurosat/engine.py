@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SettingError
-from .transforms import Transform, dihedral
+from .transforms import Transform
+from .views import VIEWS, forward, in_layout
 
 if TYPE_CHECKING:
     from .distill import SoftTargets
@@ -43,9 +43,6 @@ class Runtime:
     def autocast(self):
         enabled = self.amp_dtype is not None
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=enabled)
-
-    def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def resolve_device(name: str) -> str:
@@ -101,38 +98,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
         optimizer, partial(warmup_cosine, total=total_steps, warmup=max(1, warmup_steps)))
 
 
-class WeightAverage:
-    """An exponential moving average of a model's weights and buffers: the model that is validated and saved.
-
-    The average forgets with `decay` per step, warmed up as (1 + t) / (10 + t) so that the first
-    steps' random weights are soon forgotten. Buffers that are not floats (BatchNorm's batch count)
-    are copied.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged, current = self.module.state_dict(), model.state_dict()
-        floats = [name for name, value in averaged.items() if value.is_floating_point()]
-        torch._foreach_lerp_([averaged[n] for n in floats], [current[n].detach() for n in floats], weight)
-        for name, value in averaged.items():
-            if not value.is_floating_point():
-                value.copy_(current[name])
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
-
-
 def mix_batch(x: torch.Tensor, *, mixup_alpha: float, cutmix_alpha: float,
               generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """Mixup or CutMix (one, chosen at random when both are on) of a batch with its reversed order.
@@ -173,7 +138,7 @@ def reduce_sum(values: list[float], runtime: Runtime) -> list[float]:
 
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, transform: Transform,
                     optimizer: torch.optim.Optimizer, scheduler, batch_size: int, generator: torch.Generator,
-                    runtime: Runtime, label_smoothing: float = 0.0, average: WeightAverage | None = None,
+                    runtime: Runtime, label_smoothing: float = 0.0, average: nn.Module | None = None,
                     mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, targets: SoftTargets | None = None,
                     progress: Callable[[dict], None] | None = None) -> dict[str, float]:
     """One pass over a shuffled training set; returns loss, accuracy and images/s (summed over ranks).
@@ -189,7 +154,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     start = time.perf_counter()
     for step in range(steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        x = runtime.to_input(transform(images[idx].to(runtime.device, non_blocking=True)))
+        x = in_layout(model, transform(images[idx].to(runtime.device, non_blocking=True)))
         y = labels[idx].to(runtime.device, non_blocking=True)
         lam = 1.0
         if mixup_alpha > 0 or cutmix_alpha > 0:
@@ -206,8 +171,8 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if average is not None:
-            average.update(getattr(model, "module", model))  # the bare model under DDP
+        if average is not None:  # timm's ModelEmaV3 of the bare model (not its DDP wrapper); steps count from 1
+            average.update(getattr(model, "module", model), step=scheduler.last_epoch)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -224,23 +189,20 @@ def predict(model: nn.Module, images: torch.Tensor, *, transform: Transform, run
             batch_size: int = 256, tta: bool = False) -> torch.Tensor:
     """Logits (N, C) in float32 on the CPU for uint8 images; with `tta`, the mean over the 8 D4 views.
 
-    Under DDP each rank scores a strided share and the shares are gathered, so every rank returns
-    the logits of all N images in their original order.
+    The views are made and merged by `views.forward`, the path the app serves with, so a tile's
+    logits here are the ones the app gives it. `batch_size` counts forward inputs: with `tta`, an
+    eighth as many tiles go in each pass. Under DDP each rank scores a strided share and the shares
+    are gathered, so every rank returns the logits of all N images in their original order.
     """
     model.eval()
     n = len(images)
     mine = torch.arange(runtime.rank, n, runtime.world_size)
-    views = range(8) if tta else range(1)
+    step = max(1, batch_size // VIEWS) if tta else batch_size
     chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(mine), batch_size):
-            batch = images[mine[start:start + batch_size]].to(runtime.device, non_blocking=True)
-            logits = 0
-            for code in views:
-                view = dihedral(batch, torch.full((len(batch),), code)) if code else batch
-                with runtime.autocast():
-                    logits = logits + model(runtime.to_input(transform(view))).float()
-            chunks.append(logits / len(views))
+    for start in range(0, len(mine), step):
+        batch = transform(images[mine[start:start + step]].to(runtime.device, non_blocking=True))
+        with runtime.autocast():
+            chunks.append(forward(model, batch, tta=tta)[1])
     local = torch.cat(chunks) if chunks else torch.empty(0, device=runtime.device)
     if not runtime.distributed:
         return local.cpu()

@@ -23,6 +23,7 @@ EUROSAT_DN_WHITE = 2750.0
 # the GeoKey directory with its double and ASCII parameters.
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 
+_ORIENTATION = 274  # the EXIF and TIFF tag of a picture's stored rotation
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 
@@ -43,8 +44,9 @@ def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
     `reduce_to`, a model's input size (H, W), asks for no more pixels than `to_tensor` keeps for it:
     a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose sides stay at least twice
     the larger input side, so a large photo never exists at full size in memory, and any image is then
-    box-reduced on both axes alike (`reduced`), keeping its shape for display. A scene needs every
-    pixel, so it leaves this unset.
+    box-reduced on both axes alike (`shrink_keeping_shape`), keeping its shape for display. A scene
+    needs every pixel, so it leaves this unset. The image's `info["source_size"]` is the (width,
+    height) of the picture in the file, upright, whatever size was decoded.
     """
     if not path:
         raise ImageError("No image was given: upload a satellite tile (PNG or JPEG).")
@@ -58,7 +60,8 @@ def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
     if head.startswith(_TIFF_MAGIC):
         multiband = _read_multiband_tiff(path, max_pixels)
         if multiband is not None:
-            return multiband if reduce_to is None else reduced(multiband, reduce_to)
+            small = multiband if reduce_to is None else shrink_keeping_shape(multiband, reduce_to)
+            return _with_source_size(small, multiband.size)
     return _read_with_pillow(path, head, max_pixels, reduce_to)
 
 
@@ -86,7 +89,7 @@ def read_geotags(path: str | os.PathLike) -> dict[int, Any] | None:
         with tifffile.TiffFile(path) as tif:
             page_tags = tif.pages.first.tags
             # An EXIF rotation turns the decoded pixels, and the georeferencing would no longer match them.
-            if page_tags.valueof(274, 1) != 1:
+            if page_tags.valueof(_ORIENTATION, 1) != 1:
                 return None
             geo = {code: _tag_value(code, page_tags[code].value) for code in GEO_TAGS if code in page_tags}
     except Exception:  # damaged tags: tifffile and numpy raise many types
@@ -132,8 +135,10 @@ def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int,
             if reduce_to is not None:
                 side = 2 * max(reduce_to)  # the larger side: EXIF may still swap width and height
                 source.draft(None, (side, side))  # only JPEG decodes at a reduced scale; others ignore it
+            # Orientations 5 to 8 turn the picture a quarter, so its upright width is the stored height.
+            upright = (height, width) if source.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8) else (width, height)
             rgb = to_rgb(ImageOps.exif_transpose(source))  # exif_transpose returns a decoded copy
-            return rgb if reduce_to is None else reduced(rgb, reduce_to)
+            return _with_source_size(rgb if reduce_to is None else shrink_keeping_shape(rgb, reduce_to), upright)
         except Exception as e:  # truncated or corrupt pixel data; the file is closed on the way out
             raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_reason(e)}).") \
                 from None
@@ -277,17 +282,22 @@ def _gray_to_rgb(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(values).astype(np.uint8)).convert("RGB")
 
 
-def reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def _with_source_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    image.info["source_size"] = size
+    return image
+
+
+def shrink_keeping_shape(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """The image shrunk by one integer box filter on both axes while both stay at least twice `size` (H, W).
 
     What a single tile needs of a large upload: its aspect ratio is kept, for the picture the heatmap
-    is drawn over; `shrink` then squashes it for the model.
+    is drawn over; `shrink_per_axis` then squashes it for the model.
     """
     factor = max(1, min(image.width // (2 * size[1]), image.height // (2 * size[0])))
     return image.reduce(factor) if factor > 1 else image
 
 
-def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+def shrink_per_axis(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """Shrink each axis by an integer box filter while it stays at least twice `size` (H, W).
 
     A 4000x3000 photo would otherwise become a 144 MB float tensor just to be resized to 224 px;
@@ -301,5 +311,5 @@ def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """An RGB uint8 tensor (3, H, W) of a PIL image of any mode, ready for `transforms.eval_transform`."""
-    rgb = np.array(shrink(to_rgb(image), size), dtype=np.uint8)
+    rgb = np.array(shrink_per_axis(to_rgb(image), size), dtype=np.uint8)
     return torch.from_numpy(rgb).permute(2, 0, 1)

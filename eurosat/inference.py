@@ -17,8 +17,9 @@ from .calibration import calibrated_softmax
 from .cam import DEFAULT_METHOD, HookedCopies, cam_from_features, library_cam
 from .hub import Checkpoint
 from .imaging import to_tensor
-from .model import features_and_logits, linear_head
-from .transforms import dihedral, eval_transform
+from .model import linear_head
+from .transforms import eval_transform
+from .views import forward, in_layout, is_channels_last
 
 
 def cpu_threads(concurrent_requests: int = 1, *, cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -91,35 +92,25 @@ class Predictor:
             return self._hooked
 
     def use_channels_last(self, on: bool) -> None:
-        """Hold the weights, and make the inputs, in channels_last (True) or contiguous (False) layout."""
-        self.channels_last = on
+        """Hold the weights in channels_last (True) or contiguous (False) layout; inputs follow the weights."""
         self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    @property
+    def channels_last(self) -> bool:
+        return is_channels_last(self.model)
 
     def inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Model-ready batch from PIL images of any mode and size (each resized to the input size)."""
         size = self.data_config.input_size
-        batch = torch.cat([self._to_input(to_tensor(im, size).unsqueeze(0).to(self.device)) for im in images])
-        return self._layout(batch)
+        return torch.cat([self._to_input(to_tensor(im, size).unsqueeze(0).to(self.device)) for im in images])
 
     def prepare(self, tiles: torch.Tensor) -> torch.Tensor:
         """Model-ready batch from uint8 tiles (N, 3, H, W): resized to the input size and normalised."""
-        return self._layout(self._to_input(tiles.to(self.device)))
-
-    def views(self, x: torch.Tensor) -> torch.Tensor:
-        """With TTA, the 8 D4 views of each input, view-major (all upright first); else `x` itself."""
-        if not self.tta:
-            return x
-        n = len(x)
-        codes = torch.arange(8).repeat_interleave(n)
-        return self._layout(dihedral(x.repeat(8, 1, 1, 1), codes))
+        return self._to_input(tiles.to(self.device))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a model-ready batch; with TTA, the mean over the views."""
-        with torch.inference_mode():
-            return merge_views(self.model(self.views(x)).float(), len(x))
+        """Logits of a model-ready batch; with TTA, the mean over the 8 views (`views.forward`)."""
+        return forward(self.model, x, tta=self.tta)[1]
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities (N, C) of a model-ready batch."""
@@ -189,23 +180,17 @@ class Predictor:
         index = None if target is None else self.class_index(target)
         x = self.inputs([image])
         if method == DEFAULT_METHOD and linear_head(self.model) is not None:
-            with torch.inference_mode():
-                features, logits = features_and_logits(self.model, self.views(x))
-            logits = merge_views(logits.float(), 1)
+            features, logits = forward(self.model, x, tta=self.tta, features=True)
             index = int(logits[0].argmax()) if index is None else index
-            heatmap = cam_from_features(self.model, features[:1], torch.tensor([index]), tuple(x.shape[-2:]))[0]
+            heatmap = cam_from_features(self.model, features, torch.tensor([index]), tuple(x.shape[-2:]))[0]
         else:
             tta_logits = self.logits(x) if self.tta else None
             if index is None and tta_logits is not None:
                 index = int(tta_logits[0].argmax())  # the class the answer names, not the upright view's
             with self.hooked().borrow() as model:
-                logits, maps = library_cam(model, x, method, None if index is None else torch.tensor([index]))
+                logits, maps = library_cam(model, in_layout(model, x), method, None if index is None else torch.tensor([index]))
             logits = logits if tta_logits is None else tta_logits
             heatmap = maps[0]
         probs = ranked(calibrated_softmax(logits[0], self.temperature), self.label_names)
         return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=heatmap)
 
-
-def merge_views(logits: torch.Tensor, n: int) -> torch.Tensor:
-    """The mean over views of view-major logits (V * n, C) -> (n, C); a no-op for one view."""
-    return logits.view(-1, n, logits.shape[-1]).mean(dim=0)

@@ -286,10 +286,10 @@ def raster_geotags(geo: dict[int, Any], cell_size: tuple[float, float]) -> dict[
     return tags
 
 
-def write_scene(scene: Scene, folder: str | Path, *, opacity: float = 0.5, stem: str = "scene") -> dict[str, Path]:
-    """Write the map (PNG), the cells (CSV) and, for a georeferenced scene, the class raster (GeoTIFF).
+def write_scene(scene: Scene, folder: str | Path, *, stem: str = "scene") -> dict[str, Path]:
+    """Write the cells (CSV) and, for a georeferenced scene, the class raster (GeoTIFF).
 
-    Each file is written atomically as <stem>_map.png, <stem>_cells.csv and <stem>_classes.tif;
+    Each file is written atomically as <stem>_cells.csv and <stem>_classes.tif;
     characters of `stem` other than letters, digits, '.', '-' and '_' become '_'. The GeoTIFF is
     uint8 class indices (label order, NO_DATA for slivers) on the cell grid. Returns the paths by kind.
     """
@@ -297,9 +297,7 @@ def write_scene(scene: Scene, folder: str | Path, *, opacity: float = 0.5, stem:
 
     folder = Path(folder)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "scene"
-    picture = Image.fromarray(draw_map(scene, opacity))
-    paths = {"map": atomic_write(folder / f"{stem}_map.png", lambda f: picture.save(f, format="PNG")),
-             "csv": atomic_write(folder / f"{stem}_cells.csv", lambda f: f.write(cells_csv(scene)), mode="w")}
+    paths = {"csv": atomic_write(folder / f"{stem}_cells.csv", lambda f: f.write(cells_csv(scene)), mode="w")}
     if scene.geo:
         raster = class_raster(scene)
         tags = raster_geotags(scene.geo, scene.cell_size)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
@@ -31,16 +33,44 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class UploadError(UserError, ValueError):
     """A file argument that is not a usable upload; the message is for the user and names no server path."""
 
 
-def uploaded_file(value: Any, *, roots: Sequence[str | os.PathLike], max_bytes: int) -> str:
-    """The path of the upload that a handler's raw file argument names, or UploadError.
+@dataclass(frozen=True)
+class Upload:
+    """A checked upload: a regular file of this app's that may be opened, and what its user called it."""
+
+    path: str  # absolute, inside one of the roots it was checked against
+    name: str  # the user's own file name, for display only: never used to open anything
+    size: int  # bytes
+
+    @property
+    def is_zip(self) -> bool:
+        return self.name.lower().endswith(".zip")
+
+
+def plain_text(name: str) -> str:
+    """A file name shown as text only: control characters replaced, long names cut to 255 characters."""
+    return _CONTROL.sub("?", name)[:255]
+
+
+def display_name(value: Any) -> str:
+    """The user's own name of a file argument: the last part of its `orig_name`, else of its path, as plain text."""
+    path = value.get("path") if isinstance(value, Mapping) else value
+    name = value.get("orig_name") if isinstance(value, Mapping) else None
+    return plain_text(re.split(r"[\\/]", str(name or path or ""))[-1]) or "(unnamed file)"
+
+
+def uploaded_file(value: Any, *, roots: Sequence[str | os.PathLike], max_bytes: int) -> Upload:
+    """The upload that a handler's raw file argument names, or UploadError.
 
     `value` is what a handler running with preprocess=False receives: a FileData dict (with or
     without `meta`: Gradio adds `meta` to unchecked dicts too), a string, None or anything else.
-    The path is returned only for a regular file inside one of `roots` (Gradio's upload folder; the
+    An Upload is returned only for a regular file inside one of `roots` (Gradio's upload folder; the
     app's examples folder) with no symbolic link below the root, in a folder chain that only this
     user or root can change, of at most `max_bytes`. The file is opened without following links and
     without blocking, and checked on the open descriptor; nothing is read from it. A dict naming an
@@ -64,7 +94,7 @@ def uploaded_file(value: Any, *, roots: Sequence[str | os.PathLike], max_bytes: 
             if size > max_bytes:
                 raise UploadError(f"The file is {size:,} bytes, over this app's limit of {max_bytes:,} bytes: "
                                   "upload a smaller image (a EuroSAT tile is a few kilobytes).")
-            return os.path.join(os.path.abspath(root), *parts)
+            return Upload(os.path.join(os.path.abspath(root), *parts), display_name(value), size)
     raise UploadError(NOT_AN_UPLOAD)
 
 

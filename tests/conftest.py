@@ -84,7 +84,8 @@ TINY_RECIPE = dict(model="test_resnet", pretrained=False, img_size=64, epochs=8,
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, mini_source) -> Path:
-    """A run folder from train.py's own code: a tiny model trained briefly on the mini train split."""
+    """A run folder from train.py's own code: a tiny model trained briefly on the mini train split, and so a
+    checkpoint folder (config.json + model.safetensors) as train.py writes it."""
     from eurosat.config import make_train_config
     from eurosat.runner import fit
 
@@ -93,10 +94,33 @@ def trained_run(tmp_path_factory, mini_source) -> Path:
     return out
 
 
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    """The trained checkpoint served in this process: what a server answers must equal what it computes."""
+    from eurosat.hub import load
+    from eurosat.inference import Predictor
+
+    return Predictor(load(str(trained_run)))
+
+
 @pytest.fixture(scope="session")
-def trained_checkpoint(trained_run) -> Path:
-    """The checkpoint folder (config.json + model.safetensors) of `trained_run`."""
-    return trained_run
+def class_tiles(mini_tensors):
+    """The first test tile of each class, in class order (uint8, 10 x 3 x 64 x 64): real pixels, one per label."""
+    images, labels = mini_tensors["test"]
+    return images[[int((labels == c).nonzero()[0]) for c in range(int(labels.max()) + 1)]]
+
+
+@pytest.fixture(scope="module")
+def fake_llm():
+    """A local OpenAI-compatible server for a module's app, answering Forest until a test says otherwise."""
+    from fake_openai import FakeOpenAI, answer
+
+    server = FakeOpenAI().start()
+    server.reply(200, answer("Forest", 0.8, "Dense canopy."))
+    yield server
+    server.stop()
 
 
 def upload(path: str | os.PathLike) -> dict:

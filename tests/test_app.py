@@ -1,5 +1,6 @@
 """The app as people run it: `python app.py` and its flags, and the three endpoints through gradio_client."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,9 +22,8 @@ from eurosat import hub, llm
 from eurosat.cam import overlay
 from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from eurosat.imaging import ImageError, open_image
-from eurosat.inference import Predictor
 from eurosat.ui.shared import no_model_message
-from fake_openai import FakeOpenAI, answer
+from fake_openai import answer
 from benchmarks.appserver import running_app
 
 FOREST = str(REPO / "examples" / "Forest.jpg")
@@ -31,21 +31,8 @@ KEY = "sk-test-SECRET-app-0123456789"
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_checkpoint) -> Predictor:
-    """The same checkpoint in this process: what the server answers must equal what it computes."""
-    return Predictor(hub.load(str(trained_checkpoint)))
-
-
-@pytest.fixture(scope="module")
-def fake_llm():
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(trained_checkpoint, fake_llm, tmp_path_factory):
-    with running_app("--model", str(trained_checkpoint), log_dir=tmp_path_factory.mktemp("app"),
+def server(trained_run, fake_llm, tmp_path_factory):
+    with running_app("--model", str(trained_run), log_dir=tmp_path_factory.mktemp("app"),
                      env={"OPENAI_BASE_URL": fake_llm.base_url}) as running:
         yield running
 
@@ -73,16 +60,22 @@ def app_error(call, *args, **kwargs) -> str:
     return text
 
 
-def test_help_lists_every_option():
+def test_help_documents_every_setting():
+    """Every AppConfig field has its flag and its own help text in --help, and the environment is listed."""
     wide = {**os.environ, "COLUMNS": "300"}  # no line breaks inside the names looked for
     done = subprocess.run([sys.executable, "app.py", "--help"], cwd=REPO, env=wide, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    options = [o for action in app.parser()._actions for o in action.option_strings if o.startswith("--")]
-    assert {"--model", "--device", "--threads", "--max-file-size", "--tta", "--no-tta", "--mcp", "--no-mcp"} <= set(options)
-    for name in [*options, ENV_MODEL, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "OPENAI_API_KEY", BUNDLED_MODEL,
-                 "EUROSAT_GPT4O_CLIENT_LIMIT", "EUROSAT_GPT4O_DAILY_LIMIT"]:
-        assert name in done.stdout
+    text = " ".join(done.stdout.split())
+    for field in dataclasses.fields(AppConfig):
+        flag = "--" + field.metadata.get("flag", field.name).replace("_", "-")
+        assert f"{flag} " in text, flag
+        if field.type in ("bool", "bool | None"):
+            assert f"--no-{flag[2:]}" in text, flag
+        assert " ".join(field.metadata["help"].split()[:6]) in text, flag
+    for name in [ENV_MODEL, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "OPENAI_API_KEY", BUNDLED_MODEL,
+                 "EUROSAT_GPT4O_CLIENT_LIMIT", "EUROSAT_GPT4O_DAILY_LIMIT", "EUROSAT_TRUSTED_PROXIES", "HF_TOKEN"]:
+        assert name in text, name
 
 
 def test_importing_the_app_loads_nothing():
@@ -113,13 +106,13 @@ def launches(monkeypatch):
     monkeypatch.delattr(app, "demo", raising=False)
 
 
-def test_main_loads_once_and_launches_with_limits(monkeypatch, launches, trained_checkpoint):
+def test_main_loads_once_and_launches_with_limits(monkeypatch, launches, trained_run):
     loads = []
     real_load = hub.load
     monkeypatch.setattr(hub, "load", lambda *args, **kwargs: loads.append(args) or real_load(*args, **kwargs))
-    monkeypatch.setenv(ENV_MODEL, str(trained_checkpoint))
+    monkeypatch.setenv(ENV_MODEL, str(trained_run))
     app.main([])
-    assert loads == [(str(trained_checkpoint),)]
+    assert loads == [(str(trained_run),)]
     (demo, kwargs), = launches
     assert app.demo is demo
     assert kwargs["max_file_size"] == AppConfig().max_file_size and kwargs["show_error"] is True
@@ -247,9 +240,18 @@ def test_gpt4o_key_is_used_once_and_never_echoed(client, fake_llm, server, predi
     assert KEY not in markdown and KEY not in message and KEY not in server.output()
 
 
-def test_server_log_has_no_stack_trace(client, server):
+def test_server_log_has_no_stack_trace(client, server, tmp_path):
+    # Failures a visitor can cause, sent by this test itself: a text file, a wrong k, a missing argument.
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for call in (lambda: client.predict(handle_file(str(text)), api_name="/predict"),
+                 lambda: client.predict(handle_file(FOREST), 99, api_name="/predict"),
+                 lambda: client.predict(handle_file(FOREST), "no-such-class", api_name="/gradcam")):
+        with pytest.raises(Exception) as failure:
+            call()
+        assert "upstream Gradio app has raised an exception" not in str(failure.value)
     client.predict(handle_file(FOREST), api_name="/predict")
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in server.output() and server.process.poll() is None
 
 
 def test_without_a_model_the_app_starts_and_every_endpoint_says_why(broken_checkpoint, tmp_path):

@@ -11,16 +11,9 @@ from PIL import Image
 
 import hostile_files as hf
 from eurosat import batch as bt
-from eurosat.batch import COLUMNS, BatchError, batch_csv, classify_batch, upload_name, write_batch
+from eurosat.batch import COLUMNS, BatchError, batch_csv, classify_batch, write_batch
+from eurosat.uploads import Upload, display_name
 from eurosat.imaging import open_image
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_checkpoint):
-    from eurosat.hub import load
-    from eurosat.inference import Predictor
-
-    return Predictor(load(str(trained_checkpoint)))
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +96,11 @@ def test_several_files_each_get_the_single_tile_answer(predictor, tile_files, tm
 
 def test_gradio_uploads_are_named_by_the_users_own_file_name(predictor, tile_files, tmp_path):
     path, = write_all(tmp_path / "gradio" / "0a1b2c", {"upload.png": tile_files["Forest.png"]})
-    rows = classify_batch([{"path": str(path), "orig_name": "C:\\Users\\me\\my forest.png"}], predictor)
+    value = {"path": str(path), "orig_name": "C:\\Users\\me\\my forest.png"}
+    rows = classify_batch([Upload(str(path), display_name(value), path.stat().st_size)], predictor)
     assert rows[0]["file"] == "my forest.png" and rows[0]["label"] == expected(predictor, path.read_bytes(),
                                                                                tmp_path)[0]
-    assert upload_name({"path": "/tmp/gradio/x/tile.jpg"}) == "tile.jpg" and upload_name("a/b/c.png") == "c.png"
+    assert display_name({"path": "/tmp/gradio/x/tile.jpg"}) == "tile.jpg" and display_name("a/b/c.png") == "c.png"
 
 
 def test_a_zip_with_nested_folders_and_a_stray_text_file(predictor, tile_files, tmp_path):

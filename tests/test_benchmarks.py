@@ -73,7 +73,6 @@ def test_cam_isolation_compares_one_copy_with_one_per_slot(tmp_path):
 
 def test_the_library_imports_nothing_from_the_benchmarks():
     import ast
-    from pathlib import Path
 
     from conftest import REPO
 

@@ -68,14 +68,14 @@ def watch_console(page) -> list[str]:
     return errors
 
 
-def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
+def test_page_end_to_end(trained_run, tmp_path, screenshots):
     require_browser()
     from playwright.sync_api import expect, sync_playwright
 
     from fake_openai import FakeOpenAI, answer
 
     path = str(REPO / "examples" / f"{EXAMPLE}.jpg")
-    predictor = Predictor(hub.load(str(trained_checkpoint)))
+    predictor = Predictor(hub.load(str(trained_run)))
     expected = predictor.predict(open_image(path), 5)
     top1 = next(iter(expected))
     expected_png = overlay(np.asarray(Image.open(path).convert("RGB")), predictor.analyze(open_image(path)).heatmap,
@@ -83,7 +83,7 @@ def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
     llm = FakeOpenAI().start()
     llm.reply(200, answer("River", 0.7, "A band of water."))
     try:
-        with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "logs",
+        with running_app("--model", str(trained_run), log_dir=tmp_path / "logs",
                          env={"OPENAI_BASE_URL": llm.base_url}) as server, sync_playwright() as playwright:
             browser, page = launch(playwright)
             console_errors = watch_console(page)
@@ -99,8 +99,8 @@ def test_page_end_to_end(trained_checkpoint, tmp_path, screenshots):
                 cut = captions.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
                                             ".map(e => e.textContent.trim())")
                 assert cut == [], f"captions cut off: {cut}"
-                expect(page.locator("#model-line")).to_contain_text(f"Model: {trained_checkpoint.name}")
-                assert str(trained_checkpoint.parent) not in page.locator("#model-line").inner_text()
+                expect(page.locator("#model-line")).to_contain_text(f"Model: {trained_run.name}")
+                assert str(trained_run.parent) not in page.locator("#model-line").inner_text()
                 page.screenshot(path=screenshots / "1-start.png", full_page=True)
 
                 # 2. Clicking an example runs the analysis at once: the label is the model's top-1.
@@ -189,7 +189,7 @@ def shown_share(p: float) -> str:
     return f"{percent}%" if percent else "<1%"
 
 
-def test_phone_small_shares_and_failures(trained_checkpoint, tmp_path, screenshots):
+def test_phone_small_shares_and_failures(trained_run, tmp_path, screenshots):
     """On a 390 px screen the answer comes into view, runner-ups under half a percent read "<1%" (and still
     follow a new image), and without a model an example click says so in the panel."""
     require_browser()
@@ -202,7 +202,7 @@ def test_phone_small_shares_and_failures(trained_checkpoint, tmp_path, screensho
     assert all(sum(p < 0.005 for p in list(answer.values())[:5]) >= 2 for answer in expected.values())
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text((trained_checkpoint / "config.json").read_text())
+    (broken / "config.json").write_text((trained_run / "config.json").read_text())
     with sync_playwright() as playwright:
         with running_app("--model", str(bundled), log_dir=tmp_path / "ok") as server:
             browser, page = launch(playwright, width=390, height=844)

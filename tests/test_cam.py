@@ -21,11 +21,9 @@ def model_and_inputs(name: str, size: int, tiles: torch.Tensor, **model_args) ->
 
 
 @pytest.fixture(scope="module")
-def tiles(mini_tensors) -> torch.Tensor:
+def tiles(class_tiles) -> torch.Tensor:
     """Six real test tiles of different classes (uint8, N x 3 x 64 x 64)."""
-    images, labels = mini_tensors["test"]
-    firsts = [int((labels == c).nonzero()[0]) for c in labels.unique()[:6]]
-    return images[firsts]
+    return class_tiles[:6]
 
 
 # 96 px gives test_resnet and resnet18 a 3x3 last feature map: coarse enough to be fast, with room to differ.

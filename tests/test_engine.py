@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from eurosat.engine import Runtime, evaluate, predict, shard, train_one_epoch, warmup_cosine, make_optimizer, make_scheduler
+from eurosat.engine import (Runtime, evaluate, make_optimizer, make_scheduler, mix_batch, predict, shard,
+                            train_one_epoch, warmup_cosine)
 from eurosat.model import build_model
 from eurosat.transforms import DataConfig, eval_transform, train_transform
 
@@ -61,3 +62,55 @@ def test_one_epoch_learns_the_mini_train_split(mini_tensors):
     assert stats[0]["images"] == 192  # 200 images, ragged tail of 8 dropped
     assert stats[-1]["loss"] < stats[0]["loss"]
     assert after["loss"] < before["loss"]
+
+
+def test_mixup_blends_each_input_with_its_partner_in_reversed_order():
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mixed, lam = mix_batch(x, mixup_alpha=0.4, cutmix_alpha=0.0, generator=torch.Generator().manual_seed(1))
+    again, same = mix_batch(x, mixup_alpha=0.4, cutmix_alpha=0.0, generator=torch.Generator().manual_seed(1))
+    assert 0.0 < lam < 1.0 and lam == same and torch.equal(mixed, again)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0))
+
+
+def test_cutmix_pastes_one_box_and_reports_the_share_it_left():
+    x = torch.zeros(4, 3, 10, 10)
+    x[:2] = 1.0  # the first half ones, the second zeros: reversed, each image meets the other kind
+    for seed in range(5):
+        mixed, lam = mix_batch(x, mixup_alpha=0.0, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(seed))
+        pasted = (mixed[0] == 0).all(dim=0)  # image 0 (ones) got a box of image 3 (zeros)
+        assert lam == pytest.approx(1 - pasted.float().mean().item())
+        assert torch.equal(mixed[0] == 0, (mixed[3] == 1))  # the same box in every image
+        if pasted.any():
+            rows, cols = pasted.any(dim=1).nonzero().flatten(), pasted.any(dim=0).nonzero().flatten()
+            assert pasted.sum() == len(rows) * len(cols)  # one rectangle
+
+
+def test_the_weight_average_starts_as_a_running_mean_and_is_resumable(mini_tensors):
+    """timm's ModelEmaV3 as the run uses it: for its first steps the average is the plain mean of the weights."""
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 10)
+    cfg = DataConfig.for_model(model, 64)
+    images, labels = mini_tensors["train"]
+    optimizer = make_optimizer(model, "sgd", 0.05, 0.0)
+    scheduler = make_scheduler(optimizer, total_steps=12, warmup_steps=1)
+    average = ModelEmaV3(model, decay=0.998, use_warmup=True, warmup_power=1.0)
+    snapshots = []
+
+    def snapshot(stats):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()})
+
+    train_one_epoch(model, images[:96], labels[:96], transform=eval_transform(cfg), optimizer=optimizer,
+                    scheduler=scheduler, batch_size=32, generator=torch.Generator().manual_seed(0), runtime=CPU,
+                    average=average, progress=snapshot)
+    assert len(snapshots) == 3
+    for name, value in average.module.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, torch.stack([s[name] for s in snapshots]).mean(0), rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(average.module.state_dict().values(),
+                                                      model.state_dict().values()))
+    restored = ModelEmaV3(build_model("test_resnet", 10), decay=0.998, use_warmup=True, warmup_power=1.0)
+    restored.load_state_dict(average.state_dict())
+    for a, b in zip(restored.module.state_dict().values(), average.module.state_dict().values()):
+        assert torch.equal(a, b)

@@ -15,9 +15,9 @@ from PIL import Image, ImageFile
 
 import hostile_files as hf
 from eurosat.config import MAX_PIXELS
-from eurosat.imaging import reduced as reduce_uniformly
+from eurosat.imaging import shrink_keeping_shape
 from eurosat.imaging import (EUROSAT_DN_WHITE, SENTINEL2_RGB, ImageError, open_georeferenced, open_image,
-                             reflectance_to_rgb, shrink, to_rgb, to_tensor)
+                             reflectance_to_rgb, shrink_per_axis, to_rgb, to_tensor)
 from eurosat.transforms import DataConfig, eval_transform
 
 INPUT = (64, 64)
@@ -275,8 +275,9 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
     calls = spy_on_decoding(monkeypatch)
     reduced = open_image(path, reduce_to=INPUT)
     assert calls and all(w <= width // 8 and h <= height // 8 for w, h in calls)  # never the full size
-    assert reduced.size == reduce_uniformly(Image.new("RGB", (width // 8, height // 8)), INPUT).size
+    assert reduced.size == shrink_keeping_shape(Image.new("RGB", (width // 8, height // 8)), INPUT).size
     assert abs(reduced.size[0] / reduced.size[1] - width / height) < 0.02  # the photo keeps its shape
+    assert reduced.info["source_size"] == full.info["source_size"] == (width, height)  # the file's own size
     # What the model sees differs from decoding every pixel only by the DCT scaling's rounding.
     std = torch.tensor(DATA_CONFIG.std).view(3, 1, 1) * 255
     seen = [eval_transform(DATA_CONFIG)(to_tensor(im, INPUT).unsqueeze(0))[0] * std for im in (full, reduced)]
@@ -352,9 +353,9 @@ def test_every_pil_mode_becomes_rgb(mode):
 
 def test_shrink_reduces_each_axis_separately():
     strip = Image.new("RGB", (5000, 40))
-    assert shrink(strip, INPUT).size == (math.ceil(5000 / (5000 // 128)), 40)
-    assert shrink(Image.new("RGB", (4000, 3000)), (224, 224)).size == (500, 500)
-    assert shrink(Image.new("RGB", (100, 100)), INPUT).size == (100, 100)
+    assert shrink_per_axis(strip, INPUT).size == (math.ceil(5000 / (5000 // 128)), 40)
+    assert shrink_per_axis(Image.new("RGB", (4000, 3000)), (224, 224)).size == (500, 500)
+    assert shrink_per_axis(Image.new("RGB", (100, 100)), INPUT).size == (100, 100)
 
 
 # Properties: nothing a user can send crashes the path from bytes to the model's input.

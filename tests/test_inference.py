@@ -13,6 +13,7 @@ from eurosat.cam import single_pass_cam
 from eurosat.inference import Predictor, cpu_threads
 from eurosat.model import build_model
 from eurosat.transforms import DataConfig
+from eurosat.views import in_layout
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +22,9 @@ def predictor(untrained_checkpoint) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def tiles(mini_tensors) -> list[Image.Image]:
+def tiles(class_tiles) -> list[Image.Image]:
     """Four real test tiles of different classes, as RGB PIL images."""
-    images, labels = mini_tensors["test"]
-    firsts = [int((labels == c).nonzero()[0]) for c in labels.unique()[:4]]
-    return [Image.fromarray(images[i].permute(1, 2, 0).numpy()) for i in firsts]
+    return [Image.fromarray(tile.permute(1, 2, 0).numpy()) for tile in class_tiles[:4]]
 
 
 def modes(tile: Image.Image) -> dict[str, Image.Image]:
@@ -213,7 +212,7 @@ def test_warmup_keeps_the_faster_memory_layout(untrained_checkpoint, tiles, slow
     conv = next(p for p in predictor.model.parameters() if p.dim() == 4)  # the stem's 3x3 or 7x7 kernel
     layout = torch.channels_last if predictor.channels_last else torch.contiguous_format
     assert conv.is_contiguous(memory_format=layout)
-    assert predictor.inputs(tiles[:1]).is_contiguous(memory_format=layout)
+    assert in_layout(predictor.model, predictor.inputs(tiles[:1])).is_contiguous(memory_format=layout)
 
 
 def test_cpu_threads_share_the_quota_between_concurrent_requests(tmp_path, monkeypatch):

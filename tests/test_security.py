@@ -32,19 +32,11 @@ FILEDATA = {"_type": "gradio.FileData"}
 
 
 @pytest.fixture(scope="module")
-def fake_llm():
-    server = FakeOpenAI().start()
-    server.reply(200, answer("Forest", 0.8, "Dense canopy."))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(trained_checkpoint, fake_llm, tmp_path_factory):
+def server(trained_run, fake_llm, tmp_path_factory):
     """The app with the owner's key set and small limits on it, as a hosted Space would run."""
     env = {"OPENAI_BASE_URL": fake_llm.base_url, "OPENAI_API_KEY": SERVER_KEY,
            "EUROSAT_GPT4O_CLIENT_LIMIT": "3", "EUROSAT_GPT4O_DAILY_LIMIT": "100"}
-    with running_app("--model", str(trained_checkpoint), log_dir=tmp_path_factory.mktemp("secure"), env=env) as app:
+    with running_app("--model", str(trained_run), log_dir=tmp_path_factory.mktemp("secure"), env=env) as app:
         yield app
 
 
@@ -198,12 +190,12 @@ def test_the_owners_key_is_limited_per_client_and_a_pasted_key_is_not(server, fa
     assert fake_llm.requests[-1].authorization == f"Bearer {KEY}"
 
 
-def test_many_threads_on_the_owners_key_never_pass_the_limit_nor_hold_up_the_model(trained_checkpoint, tmp_path):
+def test_many_threads_on_the_owners_key_never_pass_the_limit_nor_hold_up_the_model(trained_run, tmp_path):
     llm = FakeOpenAI().start()
     llm.reply(200, answer("Forest", 0.8, "Dense canopy."), delay=1.0)
     env = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": SERVER_KEY, "EUROSAT_GPT4O_CLIENT_LIMIT": "5"}
     try:
-        with running_app("--model", str(trained_checkpoint), log_dir=tmp_path / "app", env=env) as app:
+        with running_app("--model", str(trained_run), log_dir=tmp_path / "app", env=env) as app:
             tile = str(EXAMPLES / "Forest.jpg")
             finished = []
 
@@ -247,11 +239,11 @@ def test_a_pasted_key_is_never_written_anywhere(server, temp_dir, tmp_path):
 
 # 4. Bounded resources.
 
-def test_the_cache_is_cleaned_on_a_schedule(trained_checkpoint):
+def test_the_cache_is_cleaned_on_a_schedule(trained_run):
     from eurosat.config import AppConfig
     from eurosat.ui import build_demo
 
-    demo = build_demo(Predictor(hub.load(str(trained_checkpoint))), config=AppConfig())
+    demo = build_demo(Predictor(hub.load(str(trained_run))), config=AppConfig())
     assert demo.delete_cache == (900, 900)
 
 
@@ -301,7 +293,7 @@ def mcp_session(url: str, calls: list[tuple[str, dict]]):
     return asyncio.run(run())
 
 
-def test_mcp_tools_classify_a_tile_and_word_bad_input(server, trained_checkpoint):
+def test_mcp_tools_classify_a_tile_and_word_bad_input(server, trained_run):
     tile = (EXAMPLES / "Forest.jpg").read_bytes()
     data_url = "data:image/jpeg;base64," + base64.b64encode(tile).decode()
     bad_url = "data:image/png;base64," + base64.b64encode(b"this is not an image at all").decode()
@@ -311,11 +303,11 @@ def test_mcp_tools_classify_a_tile_and_word_bad_input(server, trained_checkpoint
     assert {"predict", "gradcam", "scene"} <= names
     described = {t.name: t.description for t in tools}
     assert "Sentinel-2" in described["predict"] and "64x64" in described["predict"]
-    expected = next(iter(Predictor(hub.load(str(trained_checkpoint))).predict(open_image(EXAMPLES / "Forest.jpg"), 1)))
+    expected = next(iter(Predictor(hub.load(str(trained_run))).predict(open_image(EXAMPLES / "Forest.jpg"), 1)))
     assert not good.isError and expected in good.content[0].text
     assert bad.isError and "not an image" in bad.content[0].text
 
 
-def test_mcp_is_off_with_the_flag(trained_checkpoint, tmp_path):
-    with running_app("--model", str(trained_checkpoint), "--no-mcp", log_dir=tmp_path / "logs") as app:
+def test_mcp_is_off_with_the_flag(trained_run, tmp_path):
+    with running_app("--model", str(trained_run), "--no-mcp", log_dir=tmp_path / "logs") as app:
         assert httpx.get(f"{app.url}/gradio_api/mcp/schema", timeout=30).status_code == 404

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.appserver import free_port
 import train
@@ -85,10 +86,20 @@ def test_an_existing_run_is_not_overwritten_without_resume(one_epoch_run, mini_s
     assert (one_epoch_run / "model.safetensors").read_bytes() == before
 
 
-def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_source, tmp_path):
+@pytest.fixture(params=["plain", "every lever"])
+def recipe(request, trained_run) -> list[str]:
+    """Extra flags: none, or the averaged weights, windows then whole tiles, mixup, translation, cutout and a
+    teacher, each of which keeps state or draws random numbers that a resumed run must continue exactly."""
+    if request.param == "plain":
+        return []
+    return ["--ema-decay", "0.99", "--train-crop", "48", "--whole-tile-epochs", "2", "--mixup-alpha", "0.2",
+            "--translate", "4", "--erase", "8", "--teacher", str(trained_run), "--distill-weight", "0.5"]
+
+
+def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_source, tmp_path, recipe):
     epochs = 6
     killed = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "train.py"), *tiny_args(mini_source, killed, epochs=epochs)]
+    command = [sys.executable, str(REPO / "train.py"), *tiny_args(mini_source, killed, epochs=epochs), *recipe]
     proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = killed / "log.jsonl"
     deadline = time.monotonic() + 180
@@ -105,13 +116,19 @@ def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_sourc
     resumed = subprocess.run([*command, "--resume"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming {killed} after epoch {finished}" in resumed.stderr + resumed.stdout
+    if "--teacher" in recipe:  # the teacher's answers are computed again, and the log says so
+        assert "Teacher " in resumed.stderr + resumed.stdout
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(1, epochs + 1))
 
     straight = tmp_path / "straight"  # same process setup (thread count) as the killed run: same float sums
-    command = [sys.executable, str(REPO / "train.py"), *tiny_args(mini_source, straight, epochs=epochs)]
+    command = [sys.executable, str(REPO / "train.py"), *tiny_args(mini_source, straight, epochs=epochs), *recipe]
     subprocess.run(command, env=subprocess_env(), capture_output=True, timeout=300, check=True)
     for key in METRIC_KEYS:
         assert read_metrics(killed)[key] == read_metrics(straight)[key], key
+    # Epoch by epoch, not only at the end: the same losses and the same validation of the served weights.
+    epochs_of = {run: [(r["train_loss"], r["val_loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+                 for run in (killed, straight)}
+    assert epochs_of[killed] == epochs_of[straight]
 
 
 def test_torchrun_two_cpu_processes_gloo(mini_source, tmp_path):
@@ -126,7 +143,7 @@ def test_torchrun_two_cpu_processes_gloo(mini_source, tmp_path):
     # Both ranks trained, only rank 0 wrote: one log line per epoch, with both shards counted.
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
-    assert all(r.get("images", 192) == 192 for r in records)
+    assert [r["images"] for r in records] == [192, 192]  # 2 ranks x 6 steps x batch 16
     evaluated = tmp_path / "eval"
     assert train.main(["evaluate", "--model", str(out), "--dataset", mini_source, "--output-dir", str(evaluated),
                        "--device", "cpu", "--no-tta"]) == 0
@@ -158,3 +175,35 @@ def test_push_without_a_token_says_so(one_epoch_run, tmp_path):
     assert "no Hugging Face token (set HF_TOKEN or run `hf auth login`)" in result.stderr
     assert "Retry with:" in result.stderr and "Traceback" not in result.stderr
     assert "could not be reached" not in result.stderr  # refused before any request was made
+
+
+class ViewAveraged(torch.nn.Module):
+    """A model that already averages the 8 views itself: test-time augmentation can add nothing to it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from eurosat.views import d4_views, merge
+
+        return merge(self.model(d4_views(x)), len(x))
+
+
+def test_tta_is_served_only_where_it_pays_on_validation(trained_run, mini_tensors):
+    from eurosat import hub
+    from eurosat.engine import Runtime, predict
+    from eurosat.runner import TTA_MIN_GAIN, calibrate
+    from eurosat.transforms import eval_transform
+
+    checkpoint = hub.load(str(trained_run))
+    images, labels = mini_tensors["validation"]
+    kwargs = dict(transform=eval_transform(checkpoint.data_config), runtime=Runtime(torch.device("cpu")))
+    decided = calibrate(checkpoint.model, images, labels, tta=None, **kwargs)
+    single, eight = ((predict(checkpoint.model, images, tta=tta, **kwargs).argmax(1) == labels).double().mean().item()
+                     for tta in (False, True))
+    assert decided["validation"] == pytest.approx({"top1": single, "top1_tta": eight, "tta_gain": eight - single})
+    assert decided["tta"] is (eight - single >= TTA_MIN_GAIN)
+    assert calibrate(checkpoint.model, images, labels, tta=True, **kwargs)["tta"] is True  # a flag still wins
+    invariant = calibrate(ViewAveraged(checkpoint.model), images, labels, tta=None, **kwargs)
+    assert invariant["validation"]["tta_gain"] == pytest.approx(0.0, abs=1e-9) and invariant["tta"] is False

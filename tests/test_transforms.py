@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from eurosat import hub
 from eurosat.model import build_model
-from eurosat.transforms import DataConfig, dihedral, eval_transform, resize, train_transform
+from eurosat.transforms import DataConfig, cutout, dihedral, eval_transform, random_crop, resize, train_transform
 
 IMAGENET = DataConfig((224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
 
@@ -212,3 +212,54 @@ def test_train_transform_then_resizes_to_the_model_input(tiles):
     # A D4 view permutes pixels, so per-tile colour statistics are those of the plain eval transform.
     plain = eval_transform(IMAGENET)(tiles)
     assert torch.allclose(out.mean(dim=(2, 3)), plain.mean(dim=(2, 3)), atol=1e-4)
+
+
+# --- windows, translation, cutout ----------------------------------------------------------------------------------
+
+
+def _offset_of(window: torch.Tensor, padded: torch.Tensor) -> tuple[int, int] | None:
+    """Where `window` sits in `padded` (C, H, W), if it is an exact slice of it."""
+    size = window.shape[-1]
+    for top in range(padded.shape[-2] - size + 1):
+        for left in range(padded.shape[-1] - size + 1):
+            if torch.equal(padded[:, top:top + size, left:left + size], window):
+                return top, left
+    return None
+
+
+def test_random_crop_cuts_exact_windows_at_random_offsets(tiles):
+    windows = random_crop(tiles, 48, torch.Generator().manual_seed(0))
+    again = random_crop(tiles, 48, torch.Generator().manual_seed(0))
+    assert windows.shape == (8, 3, 48, 48) and windows.dtype == torch.uint8 and torch.equal(windows, again)
+    offsets = [_offset_of(w, t) for w, t in zip(windows, tiles)]
+    assert None not in offsets and len(set(offsets)) > 4  # real pixels, no resampling, and not one offset for all
+    assert random_crop(tiles, 64, torch.Generator()) is tiles  # a window as large as the tile is the tile
+
+
+def test_translation_mirrors_the_border(tiles):
+    pad = 6
+    shifted = random_crop(tiles, 64, torch.Generator().manual_seed(1), pad=pad)
+    assert shifted.shape == tiles.shape
+    mirrored = torch.from_numpy(np.pad(tiles.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect"))
+    offsets = [_offset_of(s, m) for s, m in zip(shifted, mirrored)]
+    assert None not in offsets  # every shifted tile is a window of the reflect-padded tile
+    assert any(top != pad or left != pad for top, left in offsets)  # and most are really shifted
+
+
+def test_cutout_blanks_one_square_per_image_and_nothing_else(tiles):
+    x = eval_transform(IMAGENET, size=(64, 64))(tiles) + 10.0  # no pixel is 0 before the cutout
+    out = cutout(x.clone(), 16, torch.Generator().manual_seed(0))
+    hidden = (out == 0).all(dim=1)  # (N, H, W): all channels blanked
+    for image, mask in zip(out, hidden):
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        assert 0 < len(rows) <= 16 and 0 < len(cols) <= 16
+        assert mask.sum() == len(rows) * len(cols)  # one solid rectangle (a square clipped by the border)
+        assert (rows.diff() == 1).all() and (cols.diff() == 1).all()
+    assert torch.equal(out[~hidden[:, None].expand_as(out)], x[~hidden[:, None].expand_as(x)])
+
+
+def test_train_transform_with_windows_trains_at_three_quarters_of_the_input(tiles):
+    out = train_transform(IMAGENET, torch.Generator().manual_seed(0), crop=48)(tiles)
+    assert out.shape == (8, 3, 168, 168)  # 48/64 of 224: the ground resolution is kept
+    moved = train_transform(IMAGENET, torch.Generator().manual_seed(0), translate=4, erase=8)(tiles)
+    assert moved.shape == (8, 3, 224, 224)

@@ -10,12 +10,11 @@ import pytest
 from PIL import Image
 
 from conftest import FULL, NO_FULL_DATA, REPO, upload
-from eurosat import hub, llm
+from eurosat import llm
 from eurosat.cam import DEFAULT_METHOD, cam_methods, overlay
 from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from eurosat.llm import ENV_OPENAI_KEY
 from eurosat.imaging import ImageError, open_image
-from eurosat.inference import Predictor
 from eurosat.ui import build_demo, launch_kwargs
 from eurosat.ui.gpt4o import NEEDS_KEY, button_state, placeholder
 from eurosat.ui.page import Page, example_tiles
@@ -25,11 +24,6 @@ from eurosat.ui.shared import TOP1, UNEXPECTED, Served, no_model_message
 EXAMPLES = REPO / "examples"
 FOREST = str(EXAMPLES / "Forest.jpg")
 KEY = "sk-test-SECRET-ui-0123456789"
-
-
-@pytest.fixture(scope="module")
-def predictor(trained_checkpoint) -> Predictor:
-    return Predictor(hub.load(str(trained_checkpoint)))
 
 
 @pytest.fixture
@@ -391,3 +385,30 @@ def test_launch_settings(config):
     assert kwargs["run_history"] is False and kwargs["mcp_server"] is True
     assert launch_kwargs(AppConfig(mcp=False))["mcp_server"] is False
     assert launch_kwargs(AppConfig())["allowed_paths"] is None
+
+
+def test_each_upload_is_checked_once_per_request(predictor, monkeypatch, tmp_path):
+    """Through a running app (in this process): the request gate checks each file, and the handler uses that."""
+    import shutil
+
+    from gradio_client import Client, handle_file
+
+    from eurosat import uploads
+
+    checked = []
+    real = uploads._checked_size
+    monkeypatch.setattr(uploads, "_checked_size", lambda root, parts: checked.append(parts[-1]) or real(root, parts))
+    tiles = [shutil.copy(FOREST, tmp_path / f"once-{i}.jpg") for i in range(2)]
+    demo = build_demo(predictor, config=AppConfig(examples_dir=str(EXAMPLES), mcp=False)).queue()
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+        calls = {"/predict": (handle_file(tiles[0]), 3), "/gradcam": (handle_file(tiles[0]), TOP1, DEFAULT_METHOD, 0.5),
+                 "/scene": (handle_file(tiles[0]), 10, 0.5), "/batch": ([handle_file(t) for t in tiles],)}
+        for api_name, args in calls.items():
+            checked.clear()
+            client.predict(*args, api_name=api_name)
+            assert sorted(checked) == sorted(f"once-{i}.jpg" for i in range(len(args[0]) if api_name == "/batch"
+                                                                                else 1)), api_name
+    finally:
+        demo.close()

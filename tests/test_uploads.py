@@ -41,7 +41,7 @@ def outside(tmp_path) -> Path:
 
 
 def check(value, root, max_bytes: int = LIMIT) -> str:
-    return uploaded_file(value, roots=[root], max_bytes=max_bytes)
+    return uploaded_file(value, roots=[root], max_bytes=max_bytes).path
 
 
 def refusal(value, root, **kwargs) -> str:
@@ -70,7 +70,7 @@ def test_an_upload_is_returned_with_or_without_meta(root, upload):
 def test_files_of_a_second_root_are_accepted(root, tmp_path):
     example = png(tmp_path / "examples" / "Forest.png")
     roots = [root, tmp_path / "examples"]
-    assert uploaded_file({"path": str(example)}, roots=roots, max_bytes=LIMIT) == str(example)
+    assert uploaded_file({"path": str(example)}, roots=roots, max_bytes=LIMIT).path == str(example)
 
 
 def test_a_root_named_through_a_link_matches_both_spellings(root, upload, tmp_path):
@@ -217,7 +217,7 @@ def test_through_gradio_only_real_uploads_pass(root, outside, monkeypatch, tmp_p
 
     def handler(image):
         try:
-            return uploaded_file(image, roots=[get_upload_folder()], max_bytes=LIMIT)
+            return uploaded_file(image, roots=[get_upload_folder()], max_bytes=LIMIT).path
         except UploadError as e:
             raise gr.Error(str(e), print_exception=False) from None
 

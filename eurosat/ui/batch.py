@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -36,11 +34,11 @@ class BatchTab(Tab):
         """
         predictor = self.served.model()
         uploads = files if isinstance(files, list) else [] if files is None else [files]
-        checked = [{"path": self.served.path(f), "orig_name": batches.upload_name(f)} for f in uploads]
+        checked = [self.served.upload(f) for f in uploads]
         progress(0, desc="Classifying files")
         rows = batches.classify_batch(checked, predictor, max_pixels=self.served.config.max_pixels,
                                       progress=lambda done, total: progress((done, total), unit="files"))
-        csv = batches.write_batch(rows, Path(tempfile.mkdtemp(prefix="eurosat-batch-")))
+        csv = batches.write_batch(rows, self.served.outputs.new())
         return table_rows(rows), str(csv)
 
     def render(self) -> dict[str, Any]:

@@ -55,14 +55,14 @@ class Gpt4oTab(Tab):
         predictor = self.served.model()
         if api_key is not None and not isinstance(api_key, str):
             raise llm.LLMError("auth", "api_key must be text: an OpenAI API key, or empty to use the server's own.")
-        path = self.served.path(image)
-        tile = self.served.open(image)
+        upload = self.served.upload(image)
+        tile = self.served.open(upload)
         # The key goes to this one call and nowhere else: not into state, logs or the answer.
         client = client_of(request, self.budget.limits)
         opinion = self.ask(tile, predictor.label_names, api_key=api_key or None,
                            before_send=lambda: self.budget.take(client))
         # The page already has this image's probabilities; an API call runs the CNN once.
-        probabilities = shown.analysis.probabilities if shown is not None and shown.path == path \
+        probabilities = shown.analysis.probabilities if shown is not None and shown.upload.path == upload.path \
             else predictor.predict(tile, 1)
         label, probability = next(iter(probabilities.items()))
         return llm.format_comparison(opinion, label, probability)

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-from PIL import Image
 
 from .. import llm
 from ..budget import Budget, Limits
 from ..config import AppConfig
 from ..inference import Predictor
 from ..uploads import UploadError
-from . import model as model_panel
+from . import model_panel
 from .batch import BatchTab
 from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
@@ -69,15 +68,6 @@ def example_tiles(folder: str | os.PathLike | None) -> list[tuple[str, str]]:
     return [(str(p.resolve()), p.stem) for p in files]
 
 
-def image_size(path: str) -> tuple[int, int] | None:
-    """An uploaded image's width and height from its header, or None when Pillow cannot tell."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # a multiband TIFF or a damaged file: the analysis itself has already spoken for it
-        return None
-
-
 class Page:
     """The events that span the tabs: a new image analysed once for all of them, and the cheap redraws."""
 
@@ -110,11 +100,12 @@ class Page:
             return None, f"⚠️ {message}", "", None, "", None, gr.update(visible=False, value=None), cleared
         probabilities = shown.analysis.probabilities
         predictor = self.served.model()
-        text = notice(probabilities, predictor.checkpoint.notice_threshold, image_size(shown.path),
+        text = notice(probabilities, predictor.checkpoint.notice_threshold, shown.source_size,
                       max(predictor.data_config.input_size))
         return (shown.analysis.top(count), text, describe(probabilities),
                 heatmap_image(shown, alpha), shown.analysis.target, shown,
-                gr.update(visible=True, value=download(probabilities, shown.path)), cleared)
+                gr.update(visible=True, value=download(probabilities, shown.upload.name, self.served.outputs.new())),
+                cleared)
 
     @user_errors
     def relabel(self, k: float, shown: Shown | None) -> dict[str, float] | None:
@@ -144,13 +135,13 @@ class CheckedBlocks(gr.Blocks):
             wanted = [n for n, b in zip(names, block_fn.inputs) if not isinstance(b, gr.State)]
             raise user_error(f"This endpoint takes {len(wanted)} values ({', '.join(wanted)}) and the request had "
                              f"{len(inputs)}: send all of them, in this order.")
-        for block, value in zip(block_fn.inputs, inputs):
-            if isinstance(block, (gr.Image, gr.File)) and value is not None:
-                for item in value if isinstance(value, list) else [value]:
-                    try:
-                        self.served.path(item)
-                    except UploadError as e:
-                        raise user_error(str(e)) from None
+        files = [item for block, value in zip(block_fn.inputs, inputs)
+                 if isinstance(block, (gr.Image, gr.File)) and value is not None
+                 for item in (value if isinstance(value, list) else [value])]
+        try:
+            self.served.check_request(files)
+        except UploadError as e:
+            raise user_error(str(e)) from None
         super().validate_inputs(block_fn, inputs)
 
 
@@ -177,14 +168,14 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
     """
     served = Served(predictor, config=config, load_error=load_error)
     page = Page(served, budget or Budget(Limits.from_env()), ask)
-    checkpoint = predictor.checkpoint if predictor is not None else None
+    model_facts = model_panel.facts(predictor.checkpoint, APP_DIR) if predictor is not None else None
     served_tta = bool(predictor and predictor.tta)
     # Every upload and response leaves files in Gradio's cache: they are kept for CACHE_SECONDS, checked as often,
     # so a file lives at most twice that; an expired upload gets "upload it again".
     with CheckedBlocks(title="EuroSAT land cover", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         demo.served = served
         gr.Markdown(INTRO)
-        gr.Markdown(model_panel.summary_line(checkpoint, served_tta, APP_DIR), elem_id="model-line")
+        gr.Markdown(model_panel.summary_line(model_facts, served_tta), elem_id="model-line")
         if served.unavailable:
             gr.Markdown(f"⚠️ **{served.unavailable}**", elem_id="banner")
         with gr.Tabs():
@@ -210,7 +201,7 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
             with gr.Tab("Batch", elem_id="tab-batch"):
                 b = page.batch.render()
         with gr.Accordion("Model: what is served and how good it is", open=False, elem_id="model-panel"):
-            model_panel.render(checkpoint, served_tta)
+            model_panel.render(model_facts, served_tta)
         gr.Markdown("Example tiles: EuroSAT (Helber et al., 2019), MIT licence.")
         shown = gr.State(None)
         mapped = gr.State(None)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from ..fileio import atomic_write
 from .shared import Tab, user_errors
 
 # One line per EuroSAT class, to help a reader judge an answer against the picture.
@@ -71,13 +70,10 @@ def describe(probabilities: dict[str, float] | None) -> str:
     return f"**{label}**: {CLASS_NOTES[label]}." if label in CLASS_NOTES else ""
 
 
-def download(probabilities: dict[str, float], source: str) -> str:
-    """A JSON file of every class's probability for the image on screen, for the download button."""
-    folder = Path(tempfile.gettempdir()) / "eurosat-predictions"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"prediction-{uuid.uuid4().hex[:8]}.json"
-    path.write_text(json.dumps({"image": Path(source).name, "probabilities": probabilities}, indent=2) + "\n")
-    return str(path)
+def download(probabilities: dict[str, float], name: str, folder: Path) -> str:
+    """A JSON file of every class's probability for the image on screen (`name`), for the download button."""
+    text = json.dumps({"image": name, "probabilities": probabilities}, indent=2) + "\n"
+    return str(atomic_write(folder / "prediction.json", lambda f: f.write(text), mode="w"))
 
 
 class PredictTab(Tab):
@@ -91,7 +87,7 @@ class PredictTab(Tab):
         """
         predictor = self.served.model()
         count = self.served.k(k)
-        return predictor.predict(self.served.open(image), count)
+        return predictor.predict(self.served.open(self.served.upload(image)), count)
 
     def render(self) -> dict[str, Any]:
         count = len(self.served.label_names) or max(self.served.config.top_k, 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +62,13 @@ class SceneTab(Tab):
         """
         predictor = self.served.model()
         alpha = self.served.opacity(opacity)
-        picture, geo = open_georeferenced(self.served.path(image), max_pixels=self.served.config.max_pixels)
+        upload = self.served.upload(image)
+        picture, geo = open_georeferenced(upload.path, max_pixels=self.served.config.max_pixels)
         progress(0, desc="Classifying cells")
         scene = scenes.classify_scene(picture, predictor, mpp=metres_per_pixel,
                                       uncertain_below=predictor.checkpoint.notice_threshold, geo=geo,
                                       progress=lambda done, total: progress((done, total), unit="cells"))
-        folder = Path(tempfile.mkdtemp(prefix="eurosat-scene-"))
-        files = scenes.write_scene(scene, folder, opacity=alpha, stem=Path(self.served.path(image)).stem)
+        files = scenes.write_scene(scene, self.served.outputs.new(), stem=Path(upload.name).stem)
         geotiff = str(files["geotiff"]) if "geotiff" in files else None
         return shown(scenes.draw_map(scene, alpha)), table_rows(scene), str(files["csv"]), geotiff, scene
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
 import uuid
+from contextvars import ContextVar
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,15 +25,21 @@ from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from ..errors import UserError
 from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
-from ..uploads import uploaded_file
+from ..uploads import Upload, uploaded_file
 
 log = logging.getLogger(__name__)
+
+# The uploads the request gate checked, for the handler of the same request. Gradio runs the gate and the
+# handler in one task, and the handler's worker thread runs in a copy of that task's context.
+_CHECKED: ContextVar[dict[str, Upload]] = ContextVar("checked_uploads", default={})
 
 TOP1 = "top-1"
 DEFAULT_OPACITY = 0.5
 # Heatmaps of big photos are drawn over a copy this size: the map itself only has the model's input
 # resolution, and a full-size PNG would be megabytes to send back for no extra detail.
 MAX_DISPLAY_SIDE = 512
+# A response's own files are copied into Gradio's cache as the handler returns; the originals go after this long.
+OUTPUT_SECONDS = 300
 UNEXPECTED = ("Something went wrong while handling this request. The details were logged on the server; "
               "try another image, or try again later.")
 
@@ -52,7 +65,8 @@ def with_our_example(component: gr.Image | gr.File) -> gr.Image | gr.File:
 class Shown:
     """The current image's analysis, kept per session so the k and opacity sliders redraw without the network."""
 
-    path: str
+    upload: Upload
+    source_size: tuple[int, int]  # the file's own (width, height) in pixels
     rgb: np.ndarray  # the tile as displayed under the heatmap (uint8, H x W x 3)
     analysis: Analysis
 
@@ -154,23 +168,37 @@ class Served:
         self.methods = list(CAM_METHODS)
         self.roots = upload_roots(config)
         self.max_bytes = max_upload_bytes(config)
+        self.outputs = Outputs()
 
     def model(self) -> Predictor:
         if self.predictor is None:
             raise user_error(self.unavailable)
         return self.predictor
 
-    def path(self, value: Any) -> str:
-        """The uploaded file a request names: only Gradio's own uploads (or the examples) are ever opened."""
-        return uploaded_file(value, roots=self.roots, max_bytes=self.max_bytes)
+    def upload(self, value: Any) -> Upload:
+        """The upload a request's file argument names: only Gradio's own uploads (or the examples) are opened.
 
-    def open(self, value: Any, *, full_size: bool = False) -> Any:
-        """The uploaded image, decoded safely; a tile-sized copy unless the full resolution is needed."""
-        path = self.path(value)
+        Each file is checked once per request: the request gate (`CheckedBlocks.validate_inputs`)
+        checks it before Gradio processes the request, and the handler reuses that result.
+        """
+        path = value.get("path") if isinstance(value, dict) else None
+        checked = _CHECKED.get().get(os.path.abspath(path)) if isinstance(path, str) and path else None
+        return checked or uploaded_file(value, roots=self.roots, max_bytes=self.max_bytes)
+
+    def check_request(self, values: list[Any]) -> None:
+        """The gate's check of a request's file arguments, kept for its handler (see `upload`)."""
+        uploads = [self.upload(value) for value in values]
+        _CHECKED.set({upload.path: upload for upload in uploads})
+
+    def open(self, upload: Upload, *, full_size: bool = False) -> Image.Image:
+        """The uploaded image, decoded safely; a tile-sized copy unless the full resolution is needed.
+
+        Its `info["source_size"]` is the file's own (width, height), whatever was decoded.
+        """
         if full_size:
-            return open_image(path, max_pixels=self.config.max_pixels)
+            return open_image(upload.path, max_pixels=self.config.max_pixels)
         size = self.predictor.data_config.input_size if self.predictor is not None else (64, 64)
-        return open_image(path, max_pixels=self.config.max_pixels, reduce_to=size)
+        return open_image(upload.path, max_pixels=self.config.max_pixels, reduce_to=size)
 
     def k(self, k: Any) -> int:
         """k as a whole number of classes: 3 and "3" are accepted, 2.5 and "three" are not."""
@@ -216,8 +244,42 @@ class Served:
         """One pass of the network over an uploaded image: probabilities and the heatmap, kept for redraws."""
         predictor = self.model()
         target, method = self.class_name(class_name), self.method(method)
-        tile = self.open(image)
-        return Shown(self.path(image), display_rgb(tile), predictor.analyze(tile, target=target, method=method))
+        upload = self.upload(image)
+        tile = self.open(upload)
+        return Shown(upload, tile.info["source_size"], display_rgb(tile),
+                     predictor.analyze(tile, target=target, method=method))
+
+
+class Outputs:
+    """Folders for the files responses carry (CSV, GeoTIFF, JSON), one per response, removed when no longer needed.
+
+    Gradio copies every returned file into its own cache, which `delete_cache` cleans; the file
+    written here is only read for that copy, right after the handler returns. So each new folder
+    sweeps away the folders older than `keep_seconds`, and the disk holds only the recent ones.
+    """
+
+    def __init__(self, keep_seconds: float = OUTPUT_SECONDS):
+        self.keep_seconds = keep_seconds
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        with self._lock:
+            if self._root is None:
+                self._root = Path(tempfile.mkdtemp(prefix="eurosat-outputs-"))
+            return self._root
+
+    def new(self) -> Path:
+        """An empty folder of this response's own; older folders are removed first."""
+        now = time.time()
+        for folder in self.root.iterdir():
+            try:
+                if now - folder.stat().st_mtime > self.keep_seconds:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:  # another request removed it first
+                pass
+        return Path(tempfile.mkdtemp(dir=self.root))
 
 
 class Tab:

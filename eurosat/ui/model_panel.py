@@ -32,8 +32,8 @@ def read_metrics(checkpoint: Checkpoint) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def facts(checkpoint: Checkpoint) -> dict[str, Any]:
-    """Plain data about the served model: what it is, how it was trained, how good it is."""
+def facts(checkpoint: Checkpoint, app_dir: Path) -> dict[str, Any]:
+    """Plain data about the served model: what it is, how it was trained, how good it is (read once, at start)."""
     train = checkpoint.config.get("train_config") or {}
     metrics = read_metrics(checkpoint)
     per_class = metrics.get("per_class") or {}
@@ -59,6 +59,7 @@ def facts(checkpoint: Checkpoint) -> dict[str, Any]:
         "notice_threshold": checkpoint.notice_threshold,
         "tta": checkpoint.tta,
         "confusion_matrix": str((checkpoint.folder or Path(checkpoint.source)) / "confusion_matrix.png"),
+        "card": card_link(checkpoint, app_dir),
     }
 
 
@@ -66,20 +67,18 @@ def _pct(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.2%}"
 
 
-def summary_line(checkpoint: Checkpoint | None, served_tta: bool, app_dir: Path) -> str:
-    """The line under the title: the model's name, size, origin, test accuracy and where its card is."""
-    if checkpoint is None:
+def summary_line(f: dict[str, Any] | None, served_tta: bool) -> str:
+    """The line under the title (from `facts`): the model's name, size, origin, test accuracy and its card."""
+    if f is None:
         return "No model loaded."
-    f = facts(checkpoint)
     accuracy = f["top1_tta"] if served_tta and f["top1_tta"] is not None else f["top1"]
     measured = f"test top-1 {_pct(accuracy)}" + (" with 8-view TTA" if served_tta and f["top1_tta"] else "")
     return (f"Model: **{f['name']}**, a {f['architecture']} with {f['parameters'] / 1e6:.2f} M parameters, "
-            f"{f['initialisation']}; {measured}; {card_link(checkpoint, app_dir)}.")
+            f"{f['initialisation']}; {measured}; {f['card']}.")
 
 
-def panel_markdown(checkpoint: Checkpoint, served_tta: bool) -> str:
-    """The Model panel's text."""
-    f = facts(checkpoint)
+def panel_markdown(f: dict[str, Any], served_tta: bool) -> str:
+    """The Model panel's text, from `facts`."""
     rows = [("Architecture", f"`{f['architecture']}`, {f['parameters']:,} parameters"),
             ("Weights", f["initialisation"]),
             ("Training data", f"EuroSAT RGB ({f['dataset'] or 'source not recorded'}), standard train/validation/"
@@ -100,13 +99,13 @@ def panel_markdown(checkpoint: Checkpoint, served_tta: bool) -> str:
     return text
 
 
-def render(checkpoint: Checkpoint | None, served_tta: bool) -> None:
-    """The accordion's content; nothing when no model is loaded."""
-    if checkpoint is None:
+def render(f: dict[str, Any] | None, served_tta: bool) -> None:
+    """The accordion's content (from `facts`); nothing when no model is loaded."""
+    if f is None:
         gr.Markdown("No model is loaded.")
         return
-    gr.Markdown(panel_markdown(checkpoint, served_tta), elem_id="model-facts")
-    matrix = Path(facts(checkpoint)["confusion_matrix"])
+    gr.Markdown(panel_markdown(f, served_tta), elem_id="model-facts")
+    matrix = Path(f["confusion_matrix"])
     if matrix.is_file():
         gr.Image(str(matrix), label="Confusion matrix on the test split", interactive=False, buttons=[],
                  height=480, elem_id="confusion-matrix")
