@@ -4,7 +4,8 @@
         Client(server.url).predict(handle_file(path), api_name="/predict")
 
 Shared by the tests and the benchmarks. The server gets this process's environment plus `env`;
-its stdout and stderr go to `server.log_path`, which `server.output()` reads.
+its stdout and stderr go to `server.log_path`, which `server.output()` reads. `app=` runs another
+copy of app.py (a Space downloaded from the Hub) in its own folder.
 """
 
 from __future__ import annotations
@@ -117,10 +118,10 @@ def _parent(pid: int) -> int | None:
 
 
 @contextmanager
-def running_app(*args: str, log_dir: Path, env: dict[str, str] | None = None,
-                timeout: float = START_TIMEOUT) -> Iterator[AppServer]:
+def running_app(*args: str, log_dir: Path, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT,
+                app: Path = REPO / "app.py") -> Iterator[AppServer]:
     """`start_app` as a context manager: the server is stopped however the block ends."""
-    server = start_app(*args, log_dir=log_dir, env=env, timeout=timeout)
+    server = start_app(*args, log_dir=log_dir, env=env, timeout=timeout, app=app)
     try:
         yield server
     finally:

@@ -1,4 +1,4 @@
-"""Configuration: the typed configs of both entry points, their command-line flags, presets and default ids."""
+"""Configuration: the typed configs of the entry points, their command-line flags, presets and default ids."""
 
 from __future__ import annotations
 
@@ -153,6 +153,22 @@ class AppConfig:
     mcp: bool = _arg(True, "also serve the tools to AI agents over MCP at /gradio_api/mcp/")
 
 
+@dataclass
+class SpaceConfig:
+    """What `python -m eurosat.space` publishes: the Space, the model it serves, its secret, its visibility.
+
+    Its arguments are generated from these fields and their help texts.
+    """
+
+    space: str = _arg("", "the Space to create or update", positional=True, metavar="OWNER/SPACE")
+    model: str | None = _arg(None, f"the Hub model the Space serves, owner/name[@revision]: sets the Space variable "
+                                   f"{ENV_MODEL} and preloads the weights when the Space is built (default: the "
+                                   f"bundled {BUNDLED_MODEL})", metavar="OWNER/NAME")
+    secret_openai_key: bool = _arg(False, "also store this environment's OPENAI_API_KEY as the Space secret of that "
+                                          "name, which turns on the GPT-4o tab for every visitor")
+    private: bool = _arg(False, "create the Space as private")
+
+
 def _flag_type(hint: Any) -> dict[str, Any]:
     """argparse keywords for a field's type: Optional[X] is X, Literal is its choices, dicts are JSON."""
     if typing.get_origin(hint) is Literal:
@@ -170,8 +186,8 @@ def _flag_type(hint: Any) -> dict[str, Any]:
 def add_flags(parser: argparse.ArgumentParser, config: type, **choices: list[str]) -> None:
     """One flag per field of a config dataclass, with its help text; an absent flag parses as None.
 
-    A field's metadata may rename its flag (`flag`) or add argparse keywords; `choices` adds choices
-    known only at run time.
+    A field's metadata may rename its flag (`flag`), make it a required positional argument (`positional`)
+    or add argparse keywords; `choices` adds choices known only at run time.
     """
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
@@ -179,10 +195,14 @@ def add_flags(parser: argparse.ArgumentParser, config: type, **choices: list[str
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         name = meta.pop("flag", f.name).replace("_", "-")
         help_text = meta.pop("help")
-        if default is not None and "default:" not in help_text:
+        positional = meta.pop("positional", False)
+        if default is not None and "default:" not in help_text and not positional:
             help_text += f" (default: {json.dumps(default) if isinstance(default, (dict, list)) else default})"
         kwargs = {**_flag_type(hints[f.name]), **meta, **({"choices": choices[f.name]} if f.name in choices else {})}
-        parser.add_argument(f"--{name}", dest=f.name, default=None, help=help_text, **kwargs)
+        if positional:
+            parser.add_argument(f.name, help=help_text, **kwargs)
+        else:
+            parser.add_argument(f"--{name}", dest=f.name, default=None, help=help_text, **kwargs)
 
 
 def from_flags(config: type, args: argparse.Namespace, **values: Any) -> Any:

@@ -1,8 +1,9 @@
-"""Uploading a finished run folder to the Hugging Face Hub; saving and loading stay in `hub`."""
+"""Uploading to the Hugging Face Hub: a finished run folder, and the words for a failed upload; saving stays in `hub`."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import UserError
@@ -31,19 +32,39 @@ def push(directory: str | os.PathLike, repo_id: str, *, private: bool = False, t
                                  ignore_patterns=["train_state*", ".*"])
     except Exception as e:  # offline, no rights, bad id: all end the same way for the user
         raise PushError(
-            f"Could not upload {directory} to {repo_id!r}: {_describe_push_failure(e)}. "
+            f"Could not upload {directory} to {repo_id!r}: {describe_failure(e)}. "
             f"The local output is intact. Retry with: {retry}") from None
     return str(getattr(info, "commit_url", info))
 
 
-def _describe_push_failure(error: Exception) -> str:
+def describe_failure(error: Exception) -> str:
+    """What went wrong with a Hub request, in words for the user: never the token, never a traceback."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    # huggingface_hub wraps a failed file transfer (after the repo was created and the upload planned) in a
+    # RuntimeError naming the file; the Hub then never received the commit.
+    transfer = re.match(r"Error while uploading '(.+)' to the Hub", str(error))
+    if isinstance(error, RuntimeError) and transfer and error.__cause__ is not None:
+        cause = error.__cause__
+        status = _status(cause)
+        how = f"the storage answered HTTP {status}" if status else _describe_other(cause)
+        return f"uploading {transfer[1]} failed ({how}), so nothing was committed"
     if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
+        status = _status(error)
         if status in (401, 403):
             return f"the Hub refused the token (HTTP {status}); check that it has write access to this repo"
         return f"the Hub answered HTTP {status}"
+    if isinstance(error, ValueError) and str(error).startswith("Invalid metadata in README.md"):
+        reasons = "; ".join(line[2:] for line in str(error).splitlines() if line.startswith("- "))
+        return f"the Hub refused the front matter of README.md ({reasons or 'no reason given'})"
+    return _describe_other(error)
+
+
+def _status(error: BaseException) -> int | None:
+    return getattr(getattr(error, "response", None), "status_code", None)
+
+
+def _describe_other(error: BaseException) -> str:
     name = type(error).__name__
     if "Offline" in name or "Connect" in name or "Timeout" in name or isinstance(error, OSError):
         return "the Hub could not be reached (offline?)"

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline Hugging Face settings, the real mini dataset, and tiny checkpoints."""
+"""Shared fixtures: offline Hugging Face settings, an empty cache, the real mini dataset, and tiny checkpoints."""
 
 import os
 import shutil
@@ -32,6 +32,17 @@ NO_FULL_DATA = f"needs the full EuroSAT RGB dataset at {FULL} (set EUROSAT_FULL_
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache of this test's own (huggingface_hub reads HF_HUB_CACHE at call time)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Checkpoints: save, load back bit-exactly (folder, offline cache, a Hub over HTTP), every load failure's message, push."""
+"""Checkpoints: save, load back bit-exactly (folder, offline cache, a Hub over HTTP), every load failure's message."""
 
 import json
 import os
@@ -16,14 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from eurosat import hub
 from eurosat.hub import CheckpointError
-from eurosat.publish import PushError, push
 from eurosat.model import build_model
 from eurosat.transforms import DataConfig, eval_transform
 from fake_hub import FakeHub, use_fake_hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REV = "0123456789abcdef0123456789abcdef01234567"
-TOKEN = "hf_fake_token_that_must_never_be_printed"
 
 
 def _tiny(seed: int, folder: Path, images: torch.Tensor, labels: list[str]) -> SimpleNamespace:
@@ -47,17 +45,6 @@ def ckpt(tmp_path_factory, mini_tensors, label_names):
 def other(tmp_path_factory, mini_tensors, label_names):
     """A second checkpoint with different weights, to tell revisions apart."""
     return _tiny(1, tmp_path_factory.mktemp("hub") / "b", mini_tensors["test"][0][:6], label_names)
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache of this test's own (huggingface_hub reads HF_HUB_CACHE at call time)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def cache_repo(cache: Path, repo_id: str, folder: Path, *, revision: str = REV, refs=("main",),
@@ -375,48 +362,6 @@ def test_what_the_hub_answers_is_explained(online, source, message):
         hub.load(source)
     assert str(err.value).startswith(message)
     assert online.requests, "the fake Hub was never asked"
-
-
-# --- pushing ---------------------------------------------------------------------------------------------------
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def test_push_without_a_token_says_how_to_get_one(tmp_path, ckpt):
-    folder = copy_checkpoint(ckpt.folder, tmp_path / "run")
-    before = _snapshot(folder)
-    with pytest.raises(PushError) as err:
-        push(folder, "owner/model")
-    assert "no Hugging Face token (set HF_TOKEN or run `hf auth login`)" in str(err.value)
-    assert str(err.value).endswith(f"The local output is intact. Retry with: python train.py push {folder} owner/model")
-    assert _snapshot(folder) == before
-
-
-@pytest.mark.parametrize("status, reason", [(401, "the Hub refused the token (HTTP 401)"),
-                                            (403, "the Hub refused the token (HTTP 403)")])
-def test_push_refused_by_the_hub(tmp_path, hf_cache, monkeypatch, ckpt, status, reason):
-    folder = copy_checkpoint(ckpt.folder, tmp_path / "run")
-    before = _snapshot(folder)
-    with FakeHub(push_status=status) as fake:
-        use_fake_hub(monkeypatch, fake)
-        with pytest.raises(PushError) as err:
-            push(folder, "owner/model", private=True, token=TOKEN)
-    assert f"Could not upload {folder} to 'owner/model': {reason}" in str(err.value)
-    assert str(err.value).endswith(f"Retry with: python train.py push {folder} owner/model --private")
-    assert TOKEN not in str(err.value)
-    sent = [headers.get("authorization") for m, p, headers in fake.requests if (m, p) == ("POST", "/api/repos/create")]
-    assert sent == [f"Bearer {TOKEN}"]  # the token did go to the Hub, which refused it
-    assert _snapshot(folder) == before
-
-
-def test_push_while_offline(tmp_path, ckpt):
-    folder = copy_checkpoint(ckpt.folder, tmp_path / "run")
-    with pytest.raises(PushError) as err:
-        push(folder, "owner/model", token=TOKEN)
-    assert f"Could not upload {folder} to 'owner/model': the Hub could not be reached (offline?)" in str(err.value)
-    assert TOKEN not in str(err.value)
 
 
 # --- importing the package touches neither heavy libraries nor the network -------------------------------------
