@@ -102,5 +102,8 @@ def test_the_layout_section_matches_the_tree():
     modules = {p.name for p in (REPO / "eurosat").glob("*.py") if p.name != "__init__.py"}
     packages = {f"{p.name}/" for p in (REPO / "eurosat").iterdir() if (p / "__init__.py").is_file()}
     assert listed == modules | packages
+    for package in packages:  # and every module inside a package, indented under it
+        inside = {p.name for p in (REPO / "eurosat" / package).glob("*.py") if p.name != "__init__.py"}
+        assert set(re.findall(r"^    (\w+\.py)", layout, re.M)) >= inside, package
     for folder in ("benchmarks/", "results/", "tests/", "examples/", "models/eurosat-rgb-resnet18-cpu/"):
         assert folder in layout and (REPO / folder).is_dir()
