@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -74,13 +75,17 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
         log.exception("loading %s failed", config.model)
         return None, f"Loading {config.model!r} failed unexpectedly ({type(e).__name__}); see the server log."
     predictor = Predictor(checkpoint, device=config.device, tta=checkpoint.tta if config.tta is None else config.tta,
+                          cell_tta=checkpoint.tta if config.cell_tta is None else config.cell_tta,
                           cam_copies=config.concurrency_limit)
     loaded = time.perf_counter()
     predictor.warmup()
-    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout, TTA %s",
+    # A flag that asks for TTA is obeyed whatever it costs; the checkpoint's own choice is kept within budget.
+    views = predictor.fit_views(math.inf if config.tta else config.tta_budget_ms / 1000,
+                                math.inf if config.cell_tta else config.cell_tta_budget_ms / 1000)
+    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout; %s",
              config.model, checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
              (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous",
-             "on" if predictor.tta else "off")
+             views)
     return predictor, None
 
 

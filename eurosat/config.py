@@ -140,8 +140,14 @@ class AppConfig:
                        choices=["auto", "cpu", "cuda"])
     threads: int | None = _arg(None, "CPU threads per request (default: the usable CPUs shared by the concurrent "
                                      "requests)")
-    tta: bool | None = _arg(None, "average the 8 flips and right-angle rotations of each input (default: as the "
-                                  "checkpoint's config.json says)")
+    tta: bool | None = _arg(None, "average the 8 flips and right-angle rotations of each tile (default: as the "
+                                  "checkpoint's config.json says, while a tile takes at most --tta-budget-ms)")
+    tta_budget_ms: float = _arg(400.0, "with TTA by default, serve one view instead when 8 views make a tile (answer "
+                                       "and heatmap) take longer than this here, as measured at start")
+    cell_tta: bool | None = _arg(None, "the same for the cells of scenes and batches (default: as the checkpoint's "
+                                       "config.json says, while a cell takes at most --cell-tta-budget-ms)")
+    cell_tta_budget_ms: float = _arg(20.0, "with cell TTA by default, serve one view per cell when 8 views take "
+                                           "longer than this per cell here")
     top_k: int = _arg(5, "classes listed by default")
     concurrency_limit: int = _arg(2, "requests that run the model at the same time")
     # Requests beyond this many waiting are refused at once ("queue full") rather than left to time out.

@@ -64,12 +64,13 @@ def ranked(probs: torch.Tensor, label_names: Sequence[str], k: int | None = None
 class Predictor:
     """Serves one checkpoint: preprocessing, labels and temperature come from the checkpoint's config.json.
 
-    With `tta`, every answer averages the logits of the 8 flips and right-angle rotations of the
-    input (an overhead tile has no 'up'), computed as one batch of 8 in one forward pass.
+    With `tta`, every answer for a tile averages the logits of the 8 flips and right-angle rotations
+    of the input (an overhead tile has no 'up'), computed as one batch of 8 in one forward pass;
+    `cell_tta` (default: `tta`) does the same for the cells of scenes and batches (`classify`).
     """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu",
-                 channels_last: bool = False, tta: bool = False, cam_copies: int = 1):
+                 channels_last: bool = False, tta: bool = False, cell_tta: bool | None = None, cam_copies: int = 1):
         self.device = torch.device(device)
         self.checkpoint = checkpoint
         self.label_names = list(checkpoint.label_names)
@@ -77,6 +78,10 @@ class Predictor:
         self.source = checkpoint.source
         self.temperature = checkpoint.temperature
         self.tta = tta
+        self.cell_tta = tta if cell_tta is None else cell_tta
+        # What is served, in words for the page and the log; `fit_views` adds what it measured.
+        self.views_note = "; ".join([f"{'8 views' if self.tta else 'one view'} per tile",
+                                     f"{'8 views' if self.cell_tta else 'one view'} per scene or batch cell"])
         self.model = checkpoint.model.eval().to(self.device)
         self.use_channels_last(channels_last)
         self._to_input = eval_transform(self.data_config)
@@ -108,24 +113,25 @@ class Predictor:
         """Model-ready batch from uint8 tiles (N, 3, H, W): resized to the input size and normalised."""
         return self._to_input(tiles.to(self.device))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a model-ready batch; with TTA, the mean over the 8 views (`views.forward`)."""
-        return forward(self.model, x, tta=self.tta)[1]
+    def logits(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """Logits of a model-ready batch; with TTA (default: the tiles' setting), the mean over the 8 views."""
+        return forward(self.model, x, tta=self.tta if tta is None else tta)[1]
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Calibrated class probabilities (N, C) of a model-ready batch."""
-        return calibrated_softmax(self.logits(x), self.temperature, dim=1)
+        return calibrated_softmax(self.logits(x, tta), self.temperature, dim=1)
 
     def classify(self, tiles: torch.Tensor, *, batch_size: int = 64,
                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Calibrated probabilities (N, C) of uint8 tiles (N, 3, H, W), `batch_size` tiles per forward pass.
 
         Each tile is preprocessed exactly as an uploaded image of the same pixels (`inputs`), so a
-        tile's answer here equals /predict's for it. `progress(done, total)` is called after each batch.
+        tile's answer here equals /predict's for it when `cell_tta` equals `tta`. `progress(done,
+        total)` is called after each batch; an exception it raises stops the work there.
         """
         chunks = []
         for start in range(0, len(tiles), batch_size):
-            chunks.append(self.probabilities(self.prepare(tiles[start:start + batch_size])).cpu())
+            chunks.append(self.probabilities(self.prepare(tiles[start:start + batch_size]), self.cell_tta).cpu())
             if progress is not None:
                 progress(min(start + batch_size, len(tiles)), len(tiles))
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.label_names))
@@ -162,6 +168,46 @@ class Predictor:
         self.use_channels_last(min(seconds, key=seconds.get))
         return seconds
 
+    def fit_views(self, tile_budget: float, cell_budget: float, *, rounds: int = 3, cells: int = 64,
+                  clock: Callable[[], float] = time.perf_counter) -> str:
+        """Keep the 8-view mean only where this machine serves it within budget; say what was chosen, and why.
+
+        A tile (one /predict with its heatmap) must take at most `tile_budget` seconds with 8 views, a
+        scene or batch cell at most `cell_budget` seconds (measured on a batch of `cells`); each is
+        timed only when its TTA is on, after `warmup`, as the median of `rounds`.
+        """
+        height, width = self.data_config.input_size
+        tile = Image.new("RGB", (width, height))
+        batch = torch.zeros(cells, 3, height, width, dtype=torch.uint8)
+
+        def median(run: Callable[[], object]) -> float:
+            times = []
+            for _ in range(rounds):
+                start = clock()
+                run()
+                times.append(clock() - start)
+            return sorted(times)[len(times) // 2]
+
+        words = []
+        if self.tta:
+            seconds = median(lambda: self.analyze(tile))
+            self.tta = seconds <= tile_budget
+            words.append(f"8 views per tile ({_duration(seconds)} a tile here)" if self.tta else
+                         f"one view per tile: 8 views would take {_duration(seconds)} a tile here (budget "
+                         f"{_duration(tile_budget)})")
+        else:
+            words.append("one view per tile")
+        if self.cell_tta:
+            seconds = median(lambda: self.classify(batch, batch_size=cells)) / cells
+            self.cell_tta = seconds <= cell_budget
+            words.append(f"8 views per scene or batch cell ({_duration(seconds)} a cell)" if self.cell_tta else
+                         f"one view per scene or batch cell: 8 views would take {_duration(seconds)} a cell here "
+                         f"(budget {_duration(cell_budget)})")
+        else:
+            words.append("one view per scene or batch cell")
+        self.views_note = "; ".join(words)
+        return self.views_note
+
     def class_index(self, label: str) -> int:
         try:
             return self.label_names.index(label)
@@ -194,3 +240,6 @@ class Predictor:
         probs = ranked(calibrated_softmax(logits[0], self.temperature), self.label_names)
         return Analysis(probabilities=probs, target=target or next(iter(probs)), method=method, heatmap=heatmap)
 
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"

@@ -223,3 +223,22 @@ def test_cpu_threads_share_the_quota_between_concurrent_requests(tmp_path, monke
     quota.write_text("max 100000\n")
     assert [cpu_threads(n, cgroup=quota) for n in (1, 2, 3)] == [16, 8, 5]
     assert cpu_threads(cgroup=tmp_path / "absent") == 16
+
+
+def test_the_views_are_kept_only_within_budget(untrained_checkpoint):
+    predictor = Predictor(hub.load(str(untrained_checkpoint)), tta=True)
+    ticks = iter(range(10_000))
+
+    def clock() -> float:
+        """Each timed call seems to take 2 s: 2 s a tile, 2 s / 64 a cell."""
+        return 2.0 * next(ticks)
+
+    note = predictor.fit_views(0.5, 1.0, clock=clock)
+    assert (predictor.tta, predictor.cell_tta) == (False, True)
+    assert note == ("one view per tile: 8 views would take 2.0 s a tile here (budget 500 ms); "
+                    "8 views per scene or batch cell (31 ms a cell)") == predictor.views_note
+    assert predictor.fit_views(0.5, 0.01, clock=clock).endswith(
+        "one view per scene or batch cell: 8 views would take 31 ms a cell here (budget 10 ms)")
+    assert predictor.cell_tta is False
+    untouched = Predictor(hub.load(str(untrained_checkpoint)), tta=False)
+    assert untouched.fit_views(0.0, 0.0) == "one view per tile; one view per scene or batch cell"

@@ -32,8 +32,9 @@ def read_metrics(checkpoint: Checkpoint) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def facts(checkpoint: Checkpoint, app_dir: Path) -> dict[str, Any]:
-    """Plain data about the served model: what it is, how it was trained, how good it is (read once, at start)."""
+def facts(checkpoint: Checkpoint, app_dir: Path, views: str) -> dict[str, Any]:
+    """Plain data about the served model: what it is, how it was trained, how good it is (read once, at start),
+    and `views`, how many test-time views this app serves (`Predictor.views_note`)."""
     train = checkpoint.config.get("train_config") or {}
     metrics = read_metrics(checkpoint)
     per_class = metrics.get("per_class") or {}
@@ -60,6 +61,7 @@ def facts(checkpoint: Checkpoint, app_dir: Path) -> dict[str, Any]:
         "tta": checkpoint.tta,
         "confusion_matrix": str((checkpoint.folder or Path(checkpoint.source)) / "confusion_matrix.png"),
         "card": card_link(checkpoint, app_dir),
+        "views": views,
     }
 
 
@@ -74,7 +76,7 @@ def summary_line(f: dict[str, Any] | None, served_tta: bool) -> str:
     accuracy = f["top1_tta"] if served_tta and f["top1_tta"] is not None else f["top1"]
     measured = f"test top-1 {_pct(accuracy)}" + (" with 8-view TTA" if served_tta and f["top1_tta"] else "")
     return (f"Model: **{f['name']}**, a {f['architecture']} with {f['parameters'] / 1e6:.2f} M parameters, "
-            f"{f['initialisation']}; {measured}; {f['card']}.")
+            f"{f['initialisation']}; {measured}; {f['card']}. Serving here: {f['views']}.")
 
 
 def panel_markdown(f: dict[str, Any], served_tta: bool) -> str:
@@ -85,6 +87,7 @@ def panel_markdown(f: dict[str, Any], served_tta: bool) -> str:
                               "test split"),
             ("Test top-1", f"{_pct(f['top1'])} single view" + (f", {_pct(f['top1_tta'])} with the 8-view TTA "
                                                                  "the app serves" if f["top1_tta"] and served_tta else "")),
+            ("Test-time views here", f["views"]),
             ("Macro-F1", "not measured" if f["macro_f1"] is None else f"{f['macro_f1']:.4f}"),
             ("Calibration error (ECE)", "not measured" if f["ece"] is None else f"{f['ece']:.4f}"),
             ("Temperature (fitted on validation)", f"{f['temperature']:g}"),
