@@ -137,9 +137,9 @@ def start(cfg: TrainConfig, log: Callable[[str], None], command: str | None = No
     if cfg.ema_decay > 0:
         from timm.utils import ModelEmaV3
 
-        # Warmed up as a plain running mean (decay t / (t + 1)) until it reaches ema_decay, so the first steps'
-        # random weights are soon forgotten.
-        average = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=1.0)
+        # Warmed up with decay t / (t + 10), below ema_decay until then, so the first steps' random weights are
+        # soon forgotten (the schedule of TensorFlow's ExponentialMovingAverage with num_updates).
+        average = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_gamma=10.0, warmup_power=1.0)
     session = Session(
         cfg=cfg, runtime=runtime, out=out, labels=data.label_names, tensors=tensors, model=model,
         train_model=train_model, data_config=data_config, optimizer=optimizer, scheduler=scheduler,

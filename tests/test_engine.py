@@ -85,8 +85,8 @@ def test_cutmix_pastes_one_box_and_reports_the_share_it_left():
             assert pasted.sum() == len(rows) * len(cols)  # one rectangle
 
 
-def test_the_weight_average_starts_as_a_running_mean_and_is_resumable(mini_tensors):
-    """timm's ModelEmaV3 as the run uses it: for its first steps the average is the plain mean of the weights."""
+def test_the_weight_average_follows_its_warm_up_and_is_resumable(mini_tensors):
+    """timm's ModelEmaV3 as the run uses it: step t mixes in the new weights with 1 - decay, decay = (t-1) / (t+9)."""
     from timm.utils import ModelEmaV3
 
     torch.manual_seed(0)
@@ -95,7 +95,7 @@ def test_the_weight_average_starts_as_a_running_mean_and_is_resumable(mini_tenso
     images, labels = mini_tensors["train"]
     optimizer = make_optimizer(model, "sgd", 0.05, 0.0)
     scheduler = make_scheduler(optimizer, total_steps=12, warmup_steps=1)
-    average = ModelEmaV3(model, decay=0.998, use_warmup=True, warmup_power=1.0)
+    average = ModelEmaV3(model, decay=0.998, use_warmup=True, warmup_gamma=10.0, warmup_power=1.0)
     snapshots = []
 
     def snapshot(stats):
@@ -105,12 +105,17 @@ def test_the_weight_average_starts_as_a_running_mean_and_is_resumable(mini_tenso
                     scheduler=scheduler, batch_size=32, generator=torch.Generator().manual_seed(0), runtime=CPU,
                     average=average, progress=snapshot)
     assert len(snapshots) == 3
+    expected = dict(snapshots[0])  # step 1 copies the weights
+    for step, weights in enumerate(snapshots[1:], start=2):
+        decay = (step - 1) / (step - 1 + 10)
+        expected = {name: decay * expected[name] + (1 - decay) * weights[name] for name in expected}
     for name, value in average.module.state_dict().items():
         if value.is_floating_point():
-            torch.testing.assert_close(value, torch.stack([s[name] for s in snapshots]).mean(0), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(average.module.state_dict().values(),
                                                       model.state_dict().values()))
-    restored = ModelEmaV3(build_model("test_resnet", 10), decay=0.998, use_warmup=True, warmup_power=1.0)
+    restored = ModelEmaV3(build_model("test_resnet", 10), decay=0.998, use_warmup=True, warmup_gamma=10.0,
+                          warmup_power=1.0)
     restored.load_state_dict(average.state_dict())
     for a, b in zip(restored.module.state_dict().values(), average.module.state_dict().values()):
         assert torch.equal(a, b)
