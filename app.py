@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig, add_flags, from_flags
+from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig, add_flags, from_environment, from_flags
 
 if TYPE_CHECKING:  # torch and gradio load when the app starts, not when this file is imported
     import gradio as gr
@@ -55,9 +55,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> AppConfig:
-    """The AppConfig of a command line; the environment is read here, at call time."""
+    """The AppConfig of a command line, then of EUROSAT_* variables; the environment is read here, at call time."""
     return from_flags(AppConfig, parser().parse_args(argv),
-                      model=os.environ.get(ENV_MODEL, "").strip() or str(BUNDLED), examples_dir=str(EXAMPLES))
+                      **{"model": str(BUNDLED), "examples_dir": str(EXAMPLES), **from_environment(AppConfig, os.environ)})
 
 
 def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
@@ -108,7 +108,6 @@ def build(config: AppConfig, limits: Limits | None = None) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the flags, load the model, serve until stopped."""
-    config = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the log
     from eurosat.budget import Limits
@@ -117,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from eurosat.ui import launch_kwargs
 
     try:
+        config = parse_config(argv)
         config = dataclasses.replace(config, device=resolve_device(config.device))
         limits = Limits.from_env()  # a typo in a limit stops the app here, not at the first visitor
     except SettingError as e:

@@ -471,8 +471,8 @@ def markdown(results: dict[str, Any]) -> str:
               for v in results["verdicts"]]
     lines += ["", f"## In process: batch 1, {results['settings']['size']} px, "
                   f"{results['settings']['threads']} threads, {ip['spans']['forward']['n']} interleaved rounds",
-              "", f"Served with TTA: {'on (8 views per answer)' if ip['tta'] else 'off'}. "
-                  f"Served memory format: {ip['served_memory_format']}. First `analyze` right after loading "
+              "", f"Service with TTA: {'on (8 views per answer)' if ip['tta'] else 'off'}. "
+                  f"Service memory format: {ip['served_memory_format']}. First `analyze` right after loading "
                   f"(before `warmup()`): {ip['first_call_after_load_ms']} ms.", "",
               "| Span | median ms | p10 | p90 | What it contains |", "|---|---|---|---|---|"]
     for name, s in ip["spans"].items():

@@ -149,7 +149,12 @@ class AppConfig:
     cell_tta_budget_ms: float = _arg(20.0, "with cell TTA by default, serve one view per cell when 8 views take "
                                            "longer than this per cell here")
     top_k: int = _arg(5, "classes listed by default")
-    concurrency_limit: int = _arg(2, "requests that run the model at the same time")
+    concurrency_limit: int = _arg(2, "tile requests (/predict, /gradcam, the page's tile) that run at the same time")
+    heavy_concurrency: int = _arg(1, "heavy jobs (scene maps, batches) that run at the same time; tiles go first")
+    heavy_batch: int = _arg(16, "cells or files per forward pass of a heavy job: a tile arriving meanwhile waits at "
+                                "most for one such batch")
+    heavy_share: int = _arg(2, "heavy jobs one visitor may have running or waiting (with one heavy job at a time: "
+                               "one running, one waiting); a further one is refused at once")
     # Requests beyond this many waiting are refused at once ("queue full") rather than left to time out.
     max_queue_size: int = _arg(64, "waiting requests before new ones are refused")
     max_file_size: str = _arg("10mb", "largest upload, e.g. 5mb")
@@ -209,6 +214,37 @@ def add_flags(parser: argparse.ArgumentParser, config: type, **choices: list[str
             parser.add_argument(f.name, help=help_text, **kwargs)
         else:
             parser.add_argument(f"--{name}", dest=f.name, default=None, help=help_text, **kwargs)
+
+
+def from_environment(config: type, environ: dict[str, str], prefix: str = "EUROSAT_") -> dict[str, Any]:
+    """The fields of a config set in the environment as PREFIX + FIELD (EUROSAT_HEAVY_SHARE=3, EUROSAT_TTA=false).
+
+    A Space is configured by its variables, not by flags, so every flag has such a twin; a value that
+    cannot be read raises SettingError naming the variable, rather than being ignored.
+    """
+    hints = typing.get_type_hints(config)
+    values = {}
+    for f in dataclasses.fields(config):
+        name = prefix + f.name.upper()
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        kind = _flag_type(hints[f.name])
+        try:
+            if kind.get("action") is argparse.BooleanOptionalAction:
+                value = {"1": True, "true": True, "yes": True, "on": True,
+                         "0": False, "false": False, "no": False, "off": False}[text.lower()]
+            else:
+                value = kind.get("type", str)(text)
+        except (KeyError, ValueError, TypeError):
+            wanted = "true or false" if "action" in kind else {int: "a whole number", float: "a number"}.get(
+                kind.get("type"), "valid JSON")
+            raise SettingError(f"{name} is {text[:40]!r}; it must be {wanted}.") from None
+        choices = f.metadata.get("choices") or kind.get("choices")
+        if choices and value not in choices:
+            raise SettingError(f"{name} is {text[:40]!r}; choose one of: {', '.join(map(str, choices))}.")
+        values[f.name] = value
+    return values
 
 
 def from_flags(config: type, args: argparse.Namespace, **values: Any) -> Any:

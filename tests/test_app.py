@@ -317,3 +317,24 @@ def test_batch_labels_every_file_by_its_own_name(client, predictor, tmp_path):
     assert "holds text" in rows["notes.png"]["error"] and table["data"][0][0] == "notes.png"
     for f in files:
         assert rows[f.name]["label"] == next(iter(predictor.predict(open_image(f), 1)))
+
+
+def test_every_setting_can_come_from_the_environment_as_a_space_sets_it(monkeypatch):
+    monkeypatch.setenv("EUROSAT_HEAVY_SHARE", "3")
+    monkeypatch.setenv("EUROSAT_TTA", "false")
+    monkeypatch.setenv("EUROSAT_TTA_BUDGET_MS", "250.5")
+    config = app.parse_config([])
+    assert (config.heavy_share, config.tta, config.tta_budget_ms) == (3, False, 250.5)
+    assert app.parse_config(["--heavy-share", "1", "--tta"]).heavy_share == 1  # a flag wins
+    assert app.parse_config(["--tta"]).tta is True
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("EUROSAT_HEAVY_SHARE", "two", "EUROSAT_HEAVY_SHARE is 'two'; it must be a whole number."),
+    ("EUROSAT_TTA", "maybe", "EUROSAT_TTA is 'maybe'; it must be true or false."),
+    ("EUROSAT_DEVICE", "tpu", "EUROSAT_DEVICE is 'tpu'; choose one of: auto, cpu, cuda."),
+])
+def test_an_unreadable_setting_stops_the_app_with_its_name(name, value, says):
+    done = subprocess.run([sys.executable, "app.py"], cwd=REPO, env={**os.environ, name: value}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr

@@ -113,9 +113,9 @@ def test_page_handler(case, files, predictor):
     from conftest import upload
     from eurosat.config import AppConfig
     from eurosat.ui.page import Page
-    from eurosat.ui.shared import TOP1, Served
+    from eurosat.ui.shared import TOP1, Service
 
-    page = Page(Served(predictor, config=AppConfig(examples_dir=None)))
+    page = Page(Service(predictor, config=AppConfig(examples_dir=None)))
     sent = upload(files[case.name])
     label, notice, _, heatmap, _, shown, _, _ = page.show(sent, 5, TOP1, "GradCAM", 0.5)
     if case.error:

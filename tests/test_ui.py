@@ -19,7 +19,7 @@ from eurosat.ui import build_demo, launch_kwargs
 from eurosat.ui.gpt4o import NEEDS_KEY, button_state, placeholder
 from eurosat.ui.page import Page, example_tiles
 from eurosat.ui.predict import notice
-from eurosat.ui.shared import TOP1, UNEXPECTED, Served, no_model_message
+from eurosat.ui.shared import TOP1, UNEXPECTED, Service, no_model_message
 
 EXAMPLES = REPO / "examples"
 FOREST = str(EXAMPLES / "Forest.jpg")
@@ -32,7 +32,7 @@ def config() -> AppConfig:
 
 
 def make_page(predictor, config, ask=llm.ask, load_error=None) -> Page:
-    return Page(Served(predictor, config=config, load_error=load_error), ask=ask)
+    return Page(Service(predictor, config=config, load_error=load_error), ask=ask)
 
 
 @pytest.fixture

@@ -24,8 +24,13 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 class BatchTab(Tab):
     """The /batch endpoint and the tab's components."""
 
+    def admit(self, files: Any, request: gr.Request = None) -> list[dict[str, Any]]:
+        """Run when a batch is submitted: within this visitor's share of heavy work, or refused at once."""
+        return self.served.admit(1, request)
+
     @user_errors
-    def batch(self, files: Any, progress: gr.Progress = gr.Progress()) -> tuple[list[list[Any]], str]:
+    def batch(self, files: Any, progress: gr.Progress = gr.Progress(),
+              request: gr.Request = None) -> tuple[list[list[Any]], str]:
         """Classify many Sentinel-2 RGB tiles at once: several image files, or ZIP archives of them.
 
         Returns a table (file, top-1, probability, top-3, error) with errors and the least confident answers
@@ -36,8 +41,9 @@ class BatchTab(Tab):
         uploads = files if isinstance(files, list) else [] if files is None else [files]
         checked = [self.served.upload(f) for f in uploads]
         progress(0, desc="Classifying files")
-        rows = batches.classify_batch(checked, predictor, max_pixels=self.served.config.max_pixels,
-                                      progress=lambda done, total: progress((done, total), unit="files"))
+        with self.served.heavy("batch", request, progress, "files") as report:
+            rows = batches.classify_batch(checked, predictor, max_pixels=self.served.config.max_pixels,
+                                          progress=report, batch_size=self.served.config.heavy_batch)
         csv = batches.write_batch(rows, self.served.outputs.new())
         return table_rows(rows), str(csv)
 
@@ -45,8 +51,10 @@ class BatchTab(Tab):
         gr.Markdown(INTRO)
         files = with_our_example(gr.File(file_count="multiple", file_types=["image", ".zip", ".tif", ".tiff"],
                                          label="Tiles or ZIP archives", elem_id="batch-input"))
-        button = gr.Button("Classify all", variant="primary", elem_id="batch-run")
+        with gr.Row():
+            button = gr.Button("Classify all", variant="primary", elem_id="batch-run")
+            stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
         table = gr.Dataframe(headers=HEADERS, label="Results, least confident first", interactive=False,
                              elem_id="batch-table")
         csv = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
-        return {"files": files, "button": button, "table": table, "csv": csv}
+        return {"files": files, "button": button, "stop": stop, "table": table, "csv": csv}

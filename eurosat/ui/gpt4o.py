@@ -9,7 +9,7 @@ import gradio as gr
 
 from .. import llm
 from ..budget import Budget
-from .shared import Served, Shown, Tab, client_of, message_of, user_errors
+from .shared import Service, OnScreen, Tab, client_of, message_of, user_errors
 
 INTRO = (
     "GPT-4o looks at the same tile and names one of the classes, shown beside the CNN's top-1. "
@@ -39,13 +39,13 @@ def button_state(api_key: str | None) -> dict[str, Any]:
 class Gpt4oTab(Tab):
     """The /gpt4o endpoint, the page's own Ask event, and the tab's components."""
 
-    def __init__(self, served: Served, budget: Budget, ask: Callable[..., llm.SecondOpinion] = llm.ask):
+    def __init__(self, served: Service, budget: Budget, ask: Callable[..., llm.SecondOpinion] = llm.ask):
         super().__init__(served)
         self.budget = budget
         self.ask = ask
 
     @user_errors
-    def gpt4o(self, image: Any, api_key: str | None = "", shown: Shown | None = None,
+    def gpt4o(self, image: Any, api_key: str | None = "", shown: OnScreen | None = None,
               request: gr.Request | None = None) -> str:
         """A second opinion from GPT-4o on a Sentinel-2 RGB tile, beside the CNN's top-1, as Markdown.
 
@@ -63,11 +63,11 @@ class Gpt4oTab(Tab):
                            before_send=lambda: self.budget.take(client))
         # The page already has this image's probabilities; an API call runs the CNN once.
         probabilities = shown.analysis.probabilities if shown is not None and shown.upload.path == upload.path \
-            else predictor.predict(tile, 1)
+            else self.served.classify_tile(tile, 1)
         label, probability = next(iter(probabilities.items()))
         return llm.format_comparison(opinion, label, probability)
 
-    def ask_on_page(self, image: Any, api_key: str | None, shown: Shown | None,
+    def ask_on_page(self, image: Any, api_key: str | None, shown: OnScreen | None,
                     request: gr.Request) -> tuple[str, str]:
         """The page's Ask: the answer, or the failure in the tab itself as well as in a toast; the key field
         is emptied either way, so the key is not kept in the session."""

@@ -8,7 +8,7 @@ import gradio as gr
 from PIL import Image
 
 from ..cam import DEFAULT_METHOD, overlay
-from .shared import DEFAULT_OPACITY, TOP1, Shown, Tab, own_file, user_errors
+from .shared import DEFAULT_OPACITY, TOP1, OnScreen, Tab, own_file, user_errors
 
 LEGEND = (
     "Red and yellow mark the places that raised the chosen class's score most, blue the places that mattered "
@@ -16,7 +16,7 @@ LEGEND = (
 )
 
 
-def heatmap_image(shown: Shown, opacity: float) -> Image.Image:
+def heatmap_image(shown: OnScreen, opacity: float) -> Image.Image:
     """The heatmap over the tile, as a file of its own."""
     return own_file(Image.fromarray(overlay(shown.rgb, shown.analysis.heatmap, opacity)))
 

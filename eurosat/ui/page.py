@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -13,14 +12,15 @@ from .. import llm
 from ..budget import Budget, Limits
 from ..config import AppConfig
 from ..inference import Predictor
-from ..uploads import UploadError
 from . import model_panel
 from .batch import BatchTab
 from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
 from .scene import SceneTab
-from .shared import Served, Shown, message_of, user_error, user_errors, with_our_example
+from .lanes import HEAVY, LIGHT
+from .server import BusyMessage, CheckedBlocks, JoinsInTurn, NoDeepLinks
+from .shared import OnScreen, Service, message_of, user_errors, with_our_example
 
 APP_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -71,7 +71,7 @@ def example_tiles(folder: str | os.PathLike | None) -> list[tuple[str, str]]:
 class Page:
     """The events that span the tabs: a new image analysed once for all of them, and the cheap redraws."""
 
-    def __init__(self, served: Served, budget: Budget | None = None,
+    def __init__(self, served: Service, budget: Budget | None = None,
                  ask: Callable[..., llm.SecondOpinion] = llm.ask):
         self.served = served
         self.predict = PredictTab(served)
@@ -108,12 +108,12 @@ class Page:
                 cleared)
 
     @user_errors
-    def relabel(self, k: float, shown: Shown | None) -> dict[str, float] | None:
+    def relabel(self, k: float, shown: OnScreen | None) -> dict[str, float] | None:
         """The top-k of the current image again, from the kept probabilities."""
         return None if shown is None else shown.analysis.top(self.served.k(k))
 
     @user_errors
-    def recolour(self, opacity: float, shown: Shown | None):
+    def recolour(self, opacity: float, shown: OnScreen | None):
         """The current heatmap at another opacity, from the kept map."""
         return None if shown is None else heatmap_image(shown, self.served.opacity(opacity))
 
@@ -122,58 +122,21 @@ class Page:
         return self.examples[event.index][0]
 
 
-class CheckedBlocks(gr.Blocks):
-    """Blocks that check each request's arguments before Gradio's own processing, which would fail with its own
-    text (a Python repr, a pydantic message) and a logged traceback: too few values, and file arguments that
-    are not this app's uploads, get our messages."""
-
-    served: Served
-
-    def validate_inputs(self, block_fn, inputs):
-        names = [n for n in inspect.signature(block_fn.fn).parameters if n not in ("request", "progress")]
-        if len(inputs) < len(block_fn.inputs):
-            wanted = [n for n, b in zip(names, block_fn.inputs) if not isinstance(b, gr.State)]
-            raise user_error(f"This endpoint takes {len(wanted)} values ({', '.join(wanted)}) and the request had "
-                             f"{len(inputs)}: send all of them, in this order.")
-        files = [item for block, value in zip(block_fn.inputs, inputs)
-                 if isinstance(block, (gr.Image, gr.File)) and value is not None
-                 for item in (value if isinstance(value, list) else [value])]
-        try:
-            self.served.check_request(files)
-        except UploadError as e:
-            raise user_error(str(e)) from None
-        super().validate_inputs(block_fn, inputs)
-
-
-class NoDeepLinks:
-    """ASGI middleware refusing Gradio's deep-link writer, which copies a session's inputs (a pasted key
-    included) into a file under the temp folder that Gradio then serves."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/gradio_api/deep_link"):
-            from starlette.responses import PlainTextResponse
-
-            return await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
 def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None,
                ask: Callable[..., llm.SecondOpinion] = llm.ask, budget: Budget | None = None) -> gr.Blocks:
     """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /batch) for `predictor` (None: banner only).
 
     `budget` limits the calls made with the server's OpenAI key (default: the limits in the environment).
     """
-    served = Served(predictor, config=config, load_error=load_error)
-    page = Page(served, budget or Budget(Limits.from_env()), ask)
+    budget = budget or Budget(Limits.from_env())
+    served = Service(predictor, config=config, load_error=load_error, trusted_proxies=budget.limits.trusted_proxies)
+    page = Page(served, budget, ask)
     model_facts = None if predictor is None else model_panel.facts(predictor.checkpoint, APP_DIR, predictor.views_note)
     served_tta = bool(predictor and predictor.tta)
     # Every upload and response leaves files in Gradio's cache: they are kept for CACHE_SECONDS, checked as often,
     # so a file lives at most twice that; an expired upload gets "upload it again".
     with CheckedBlocks(title="EuroSAT land cover", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
-        demo.served = served
+        demo.served, served.blocks = served, demo
         gr.Markdown(INTRO)
         gr.Markdown(model_panel.summary_line(model_facts, served_tta), elem_id="model-line")
         if served.unavailable:
@@ -188,57 +151,64 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                     with gr.Column():
                         with gr.Tabs():
                             with gr.Tab("Prediction"):
-                                p = page.predict.render()
+                                prediction = page.predict.render()
                             with gr.Tab("Grad-CAM"):
-                                c = page.gradcam.render()
+                                cam = page.gradcam.render()
                             with gr.Tab("GPT-4o"):
-                                g = page.gpt4o.render()
+                                gpt = page.gpt4o.render()
                 gallery = gr.Gallery(page.examples, label="Examples: one EuroSAT test tile per class (click to "
                                      "analyse)", columns=10, height="auto", allow_preview=False, object_fit="contain",
                                      buttons=[], interactive=False, visible=bool(page.examples), elem_id="examples")
             with gr.Tab("Scene map", elem_id="tab-scene"):
-                sc = page.scene.render()
+                mapping = page.scene.render()
             with gr.Tab("Batch", elem_id="tab-batch"):
-                b = page.batch.render()
+                many = page.batch.render()
         with gr.Accordion("Model: what is served and how good it is", open=False, elem_id="model-panel"):
             model_panel.render(model_facts, served_tta)
         gr.Markdown("Example tiles: EuroSAT (Helber et al., 2019), MIT licence.")
         shown = gr.State(None)
         mapped = gr.State(None)
 
-        # The network runs in one concurrency group, sized for the CPUs; the cheap redraws stay out of it, and
+        # Two lanes for the network: tiles (light) and scenes and batches (heavy), so a tile never waits behind a map;
+        # a heavy job also steps aside between its batches while a tile runs. The cheap redraws stay out of both, and
         # GPT-4o calls, which wait on the network, have a group of their own so they never hold up the model.
-        model_events = dict(preprocess=False, concurrency_id="model")
+        light = dict(preprocess=False, concurrency_id=LIGHT, concurrency_limit=config.concurrency_limit)
+        heavy = dict(preprocess=False, concurrency_id=HEAVY, concurrency_limit=config.heavy_concurrency)
         # The API first: no triggers on the page, the same components for what clients send and receive.
         # (/predict must be event 0: Gradio's frontend checks event 0's arguments against /predict.)
-        gr.on([], page.predict.predict, inputs=[image, p["k"]], outputs=p["label"], api_name="predict", **model_events)
-        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"]],
-              outputs=[c["cam"], c["drawn"]], api_name="gradcam", **model_events)
-        gr.on([], page.gpt4o.gpt4o, inputs=[image, g["api_key"]], outputs=g["answer"], api_name="gpt4o",
+        gr.on([], page.predict.predict, inputs=[image, prediction["k"]], outputs=prediction["label"],
+              api_name="predict", **light)
+        gr.on([], page.gradcam.gradcam, inputs=[image, cam["class_name"], cam["method"], cam["opacity"]],
+              outputs=[cam["cam"], cam["drawn"]], api_name="gradcam", **light)
+        gr.on([], page.gpt4o.gpt4o, inputs=[image, gpt["api_key"]], outputs=gpt["answer"], api_name="gpt4o",
               preprocess=False, concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
-        g["button"].click(page.gpt4o.ask_on_page, inputs=[image, g["api_key"], shown],
-                          outputs=[g["answer"], g["api_key"]], api_visibility="private", preprocess=False,
-                          concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
-        g["api_key"].change(lambda key: gr.update(**button_state(key)), g["api_key"], g["button"],
-                            api_visibility="private", show_progress="hidden", queue=False)
-        gr.on([image.change, c["class_name"].change, c["method"].change], page.show,
-              inputs=[image, p["k"], c["class_name"], c["method"], c["opacity"]],
-              outputs=[p["label"], p["notice"], p["meaning"], c["cam"], c["drawn"], shown, p["download"],
-                       g["answer"]],
-              api_visibility="private", **model_events)
-        p["k"].change(page.relabel, [p["k"], shown], p["label"], api_visibility="private", show_progress="hidden")
-        c["opacity"].change(page.recolour, [c["opacity"], shown], c["cam"], api_visibility="private",
-                            show_progress="hidden")
+        gpt["button"].click(page.gpt4o.ask_on_page, inputs=[image, gpt["api_key"], shown],
+                            outputs=[gpt["answer"], gpt["api_key"]], api_visibility="private", preprocess=False,
+                            concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
+        gpt["api_key"].change(lambda key: gr.update(**button_state(key)), gpt["api_key"], gpt["button"],
+                              api_visibility="private", show_progress="hidden", queue=False)
+        gr.on([image.change, cam["class_name"].change, cam["method"].change], page.show,
+              inputs=[image, prediction["k"], cam["class_name"], cam["method"], cam["opacity"]],
+              outputs=[prediction["label"], prediction["notice"], prediction["meaning"], cam["cam"], cam["drawn"],
+                       shown, prediction["download"], gpt["answer"]],
+              api_visibility="private", **light)
+        prediction["k"].change(page.relabel, [prediction["k"], shown], prediction["label"], api_visibility="private",
+                               show_progress="hidden")
+        cam["opacity"].change(page.recolour, [cam["opacity"], shown], cam["cam"], api_visibility="private",
+                              show_progress="hidden")
         gallery.select(page.select_example, None, image, api_visibility="private")
         # On a phone the answer sits above the gallery: bring it into view when an image arrives.
         image.change(None, js=SHOW_ANSWER)
-        sc["button"].click(page.scene.scene, inputs=[sc["image"], sc["mpp"], sc["opacity"]],
-                           outputs=[sc["map"], sc["table"], sc["csv"], sc["geotiff"], mapped], api_name="scene",
-                           **model_events)
-        sc["opacity"].change(page.scene.redraw, [sc["opacity"], mapped], sc["map"], api_visibility="private",
-                             show_progress="hidden")
-        b["button"].click(page.batch.batch, inputs=b["files"], outputs=[b["table"], b["csv"]], api_name="batch",
-                          **model_events)
+        mapped_event = mapping["button"].click(
+            page.scene.scene, inputs=[mapping["image"], mapping["mpp"], mapping["opacity"]],
+            outputs=[mapping["map"], mapping["table"], mapping["csv"], mapping["geotiff"], mapped], api_name="scene",
+            validator=page.scene.admit, **heavy)
+        mapping["stop"].click(None, cancels=[mapped_event], api_visibility="private")
+        mapping["opacity"].change(page.scene.redraw, [mapping["opacity"], mapped], mapping["map"],
+                                  api_visibility="private", show_progress="hidden")
+        batch_event = many["button"].click(page.batch.batch, inputs=many["files"], outputs=[many["table"], many["csv"]],
+                                           api_name="batch", validator=page.batch.admit, **heavy)
+        many["stop"].click(None, cancels=[batch_event], api_visibility="private")
     return demo
 
 
@@ -251,4 +221,5 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
 
     return dict(max_file_size=config.max_file_size, show_error=True, css=CSS, js=SMALL_SHARES,
                 allowed_paths=allowed, run_history=False, mcp_server=config.mcp,
-                app_kwargs={"middleware": [Middleware(NoDeepLinks)]})
+                app_kwargs={"middleware": [Middleware(NoDeepLinks), Middleware(BusyMessage),
+                                           Middleware(JoinsInTurn)]})

@@ -85,9 +85,9 @@ class PredictTab(Tab):
 
         Returns the k most likely land-cover classes with their probabilities (calibrated on validation).
         """
-        predictor = self.served.model()
+        self.served.model()
         count = self.served.k(k)
-        return predictor.predict(self.served.open(self.served.upload(image)), count)
+        return self.served.classify_tile(self.served.open(self.served.upload(image)), count)
 
     def render(self) -> dict[str, Any]:
         count = len(self.served.label_names) or max(self.served.config.top_k, 2)

@@ -13,7 +13,7 @@ from .. import scene as scenes
 from ..imaging import open_georeferenced
 from .shared import DEFAULT_OPACITY, Tab, own_file, user_errors, with_our_example
 
-# The map shown on the page is at most this size; the PNG download keeps the full resolution.
+# The map shown on the page, and downloaded from its button, is at most this size.
 MAX_SHOWN_SIDE = 1024
 TABLE_HEADERS = ["class", "cells", "share of area (%)", "area (km²)"]
 INTRO = (
@@ -38,7 +38,7 @@ def table_rows(scene: scenes.Scene) -> list[list[Any]]:
             for row in scenes.summary(scene)]
 
 
-def shown(picture: np.ndarray) -> Image.Image:
+def display_map(picture: np.ndarray) -> Image.Image:
     """The map as displayed: shrunk to MAX_SHOWN_SIDE, tagged so that equal maps get files of their own."""
     image = Image.fromarray(picture)
     if max(image.size) > MAX_SHOWN_SIDE:
@@ -49,10 +49,15 @@ def shown(picture: np.ndarray) -> Image.Image:
 class SceneTab(Tab):
     """The /scene endpoint, the opacity redraw, and the tab's components."""
 
+    def admit(self, image: Any, metres_per_pixel: Any = None, opacity: Any = None,
+              request: gr.Request = None) -> list[dict[str, Any]]:
+        """Run when a scene is submitted: within this visitor's share of heavy work, or refused at once."""
+        return self.served.admit(3, request)
+
     @user_errors
     def scene(self, image: Any, metres_per_pixel: Any = scenes.MODEL_MPP, opacity: Any = DEFAULT_OPACITY,
-              progress: gr.Progress = gr.Progress()) -> tuple[Image.Image, list[list[Any]], str, str | None,
-                                                               scenes.Scene]:
+              progress: gr.Progress = gr.Progress(), request: gr.Request = None,
+              ) -> tuple[Image.Image, list[list[Any]], str, str | None, scenes.Scene]:
         """Map the land cover of a whole image: 64x64-pixel cells at 10 m per pixel, each given a class.
 
         metres_per_pixel is the image's ground resolution (10 for Sentinel-2); the image is rescaled to 10 m
@@ -65,17 +70,18 @@ class SceneTab(Tab):
         upload = self.served.upload(image)
         picture, geo = open_georeferenced(upload.path, max_pixels=self.served.config.max_pixels)
         progress(0, desc="Classifying cells")
-        scene = scenes.classify_scene(picture, predictor, mpp=metres_per_pixel,
-                                      uncertain_below=predictor.checkpoint.notice_threshold, geo=geo,
-                                      progress=lambda done, total: progress((done, total), unit="cells"))
+        with self.served.heavy("scene map", request, progress, "cells") as report:
+            scene = scenes.classify_scene(picture, predictor, mpp=metres_per_pixel,
+                                          uncertain_below=predictor.checkpoint.notice_threshold, geo=geo,
+                                          progress=report, batch_size=self.served.config.heavy_batch)
         files = scenes.write_scene(scene, self.served.outputs.new(), stem=Path(upload.name).stem)
         geotiff = str(files["geotiff"]) if "geotiff" in files else None
-        return shown(scenes.draw_map(scene, alpha)), table_rows(scene), str(files["csv"]), geotiff, scene
+        return display_map(scenes.draw_map(scene, alpha)), table_rows(scene), str(files["csv"]), geotiff, scene
 
     @user_errors
     def redraw(self, opacity: Any, scene: scenes.Scene | None) -> Image.Image | None:
         """The current map at another opacity, from the kept cells."""
-        return None if scene is None else shown(scenes.draw_map(scene, self.served.opacity(opacity)))
+        return None if scene is None else display_map(scenes.draw_map(scene, self.served.opacity(opacity)))
 
     def render(self) -> dict[str, Any]:
         gr.Markdown(INTRO)
@@ -88,7 +94,9 @@ class SceneTab(Tab):
                 mpp = gr.Number(value=scenes.MODEL_MPP, label="Metres per pixel of the image",
                                 minimum=scenes.MPP_RANGE[0], maximum=scenes.MPP_RANGE[1], elem_id="scene-mpp")
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Map opacity")
-                button = gr.Button("Map this scene", variant="primary", elem_id="scene-run")
+                with gr.Row():
+                    button = gr.Button("Map this scene", variant="primary", elem_id="scene-run")
+                    stop = gr.Button("Stop", variant="stop", elem_id="scene-stop")
         picture = gr.Image(format="png", type="pil", interactive=False, label="Land-cover map", elem_id="scene-map")
         gr.HTML(legend_html(self.served.label_names), elem_id="scene-legend")
         table = gr.Dataframe(headers=TABLE_HEADERS, label="Land cover by class", interactive=False,
@@ -97,5 +105,5 @@ class SceneTab(Tab):
             csv = gr.File(label="Cells (CSV)", interactive=False, elem_id="scene-csv")
             geotiff = gr.File(label="Class raster (GeoTIFF, when the input is georeferenced)", interactive=False,
                               elem_id="scene-geotiff")
-        return {"image": image, "mpp": mpp, "opacity": opacity, "button": button, "map": picture, "table": table,
-                "csv": csv, "geotiff": geotiff}
+        return {"image": image, "mpp": mpp, "opacity": opacity, "button": button, "stop": stop, "map": picture,
+                "table": table, "csv": csv, "geotiff": geotiff}

@@ -10,6 +10,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from ..errors import UserError
 from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
 from ..uploads import Upload, uploaded_file
+from .lanes import HeavyLane, current_event_alive, queued_heavy_jobs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def with_our_example(component: gr.Image | gr.File) -> gr.Image | gr.File:
 
 
 @dataclass
-class Shown:
+class OnScreen:
     """The current image's analysis, kept per session so the k and opacity sliders redraw without the network."""
 
     upload: Upload
@@ -152,7 +155,7 @@ def own_file(image: Image.Image) -> Image.Image:
     return image
 
 
-class Served:
+class Service:
     """The model being served, or why none is, and the checks every handler applies to what clients send.
 
     Handlers run with preprocess=False (gr.Image would open every upload with PIL first, so an
@@ -160,7 +163,8 @@ class Served:
     client sent it and is checked here.
     """
 
-    def __init__(self, predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None):
+    def __init__(self, predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None,
+                 trusted_proxies: int = 0):
         self.predictor = predictor
         self.config = config
         self.unavailable = no_model_message(load_error) if predictor is None else None
@@ -169,6 +173,8 @@ class Served:
         self.roots = upload_roots(config)
         self.max_bytes = max_upload_bytes(config)
         self.outputs = Outputs()
+        self.lane = HeavyLane(share=config.heavy_share, trusted_proxies=trusted_proxies)
+        self.blocks: gr.Blocks | None = None  # the page, once built: its queue holds the heavy jobs waiting
 
     def model(self) -> Predictor:
         if self.predictor is None:
@@ -240,14 +246,40 @@ class Served:
             raise user_error(f"Unknown Grad-CAM method {str(method)[:40]!r}: choose one of {', '.join(self.methods)}.")
         return found
 
-    def analyze(self, image: Any, class_name: Any = None, method: Any = None) -> Shown:
+    def analyze(self, image: Any, class_name: Any = None, method: Any = None) -> OnScreen:
         """One pass of the network over an uploaded image: probabilities and the heatmap, kept for redraws."""
         predictor = self.model()
         target, method = self.class_name(class_name), self.method(method)
         upload = self.upload(image)
         tile = self.open(upload)
-        return Shown(upload, tile.info["source_size"], display_rgb(tile),
-                     predictor.analyze(tile, target=target, method=method))
+        with self.lane.tile():
+            analysis = predictor.analyze(tile, target=target, method=method)
+        return OnScreen(upload, tile.info["source_size"], display_rgb(tile), analysis)
+
+    def classify_tile(self, tile: Image.Image, k: int) -> dict[str, float]:
+        """The top-k of one decoded tile, as light work: heavy jobs step aside for it."""
+        with self.lane.tile():
+            return self.model().predict(tile, k)
+
+    def admit(self, inputs: int, request: gr.Request | None) -> list[dict[str, Any]]:
+        """The validator of a heavy endpoint, run when a job is submitted: a visitor past the share is refused
+        with a sentence saying why (on the first input), and nothing of the job is queued."""
+        visitor = self.lane.visitor(request)
+        refusal = self.lane.refusal(visitor, queued_heavy_jobs(self.blocks, self.lane, visitor))
+        return [gr.validate(refusal is None, refusal or "")] + [gr.validate(True, "")] * (inputs - 1)
+
+    @contextmanager
+    def heavy(self, kind: str, request: gr.Request | None, progress: Any, unit: str) -> Iterator[Callable]:
+        """Around a heavy job: the progress callback for its work, which also steps aside for tiles between
+        batches and stops the job when its client has gone (Stop, a closed page, a dropped connection)."""
+        with self.lane.job(self.lane.visitor(request), kind) as job:
+            def report(done: int, total: int) -> None:
+                self.lane.step(job, done, total, current_event_alive)
+                left = job.seconds_left()
+                progress((done, total), unit=unit, desc=f"{kind}: {done:,} of {total:,} {unit}" + (
+                    f", about {max(1, round(left))} s left" if left is not None else ""))
+            yield report
+            log.info("%s of %s: %d %s in %.1f s", kind, job.visitor, job.total, unit, time.monotonic() - job.started)
 
 
 class Outputs:
@@ -285,7 +317,7 @@ class Outputs:
 class Tab:
     """One tab of the page: its endpoint handlers and components, over the served model."""
 
-    def __init__(self, served: Served):
+    def __init__(self, served: Service):
         self.served = served
 
 
