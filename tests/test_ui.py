@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import FULL, NO_FULL_DATA, REPO, upload
-from eurosat import llm
+from eurosat import hub, llm
 from eurosat.cam import DEFAULT_METHOD, cam_methods, overlay
 from eurosat.config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from eurosat.llm import ENV_OPENAI_KEY
 from eurosat.imaging import ImageError, open_image
+from eurosat.inference import Predictor
 from eurosat.ui import build_demo, launch_kwargs
 from eurosat.ui.gpt4o import NEEDS_KEY, button_state, placeholder
 from eurosat.ui.page import Page, example_tiles
@@ -412,3 +413,16 @@ def test_each_upload_is_checked_once_per_request(predictor, monkeypatch, tmp_pat
                                                                                 else 1)), api_name
     finally:
         demo.close()
+
+
+def test_a_model_too_slow_for_eight_views_here_is_served_with_one_and_the_page_says_so(config):
+    predictor = Predictor(hub.load(str(REPO / BUNDLED_MODEL)), tta=True)
+    predictor.warmup()
+    predictor.fit_views(1e-6, 1e-6)  # no machine answers a tile in a microsecond
+    assert (predictor.tta, predictor.cell_tta) == (False, False)
+    demo = build_demo(predictor, config=config)
+    line = next(c["props"]["value"] for c in demo.config["components"] if c["props"].get("elem_id") == "model-line")
+    assert "Serving here: one view per tile: 8 views would take " in line and "a tile here (budget 0 ms)" in line
+    assert "one view per scene or batch cell: 8 views would take" in line
+    single = json.loads((REPO / BUNDLED_MODEL / "metrics.json").read_text())["top1"]
+    assert f"test top-1 {single:.2%};" in line  # the single-view figure, now that one view is served
