@@ -76,7 +76,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from eurosat.runner import evaluate_checkpoint
+    from eurosat.evaluation import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.model, args.dataset, args.output_dir, split=args.split,
                                   device=args.device, tta=args.tta)

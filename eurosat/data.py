@@ -146,3 +146,16 @@ def decode_split(ds, image_column: str, label_column: str, *, source: str = "", 
     images = torch.from_numpy(np.stack([first, *rest])).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(ds[label_column], dtype=torch.int64)
     return images, labels
+
+
+def load_tensors(source: str, *, seed: int, val_fraction: float, max_train_samples: int | None,
+                 splits: tuple[str, ...] = ("train", "validation", "test")):
+    """Label names and {split: (uint8 images, labels)}, each split decoded once."""
+    data = load_splits(source, seed=seed, val_fraction=val_fraction)
+    tensors = {}
+    for name in splits:
+        ds = data.split(name)
+        if name == "train" and max_train_samples:
+            ds = subsample(ds, max_train_samples, data.label_column, seed)
+        tensors[name] = decode_split(ds, data.image_column, data.label_column, source=source, split=name)
+    return data, tensors

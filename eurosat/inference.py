@@ -188,24 +188,19 @@ class Predictor:
                 times.append(clock() - start)
             return sorted(times)[len(times) // 2]
 
-        words = []
-        if self.tta:
-            seconds = median(lambda: self.analyze(tile))
-            self.tta = seconds <= tile_budget
-            words.append(f"8 views per tile ({_duration(seconds)} a tile here)" if self.tta else
-                         f"one view per tile: 8 views would take {_duration(seconds)} a tile here (budget "
-                         f"{_duration(tile_budget)})")
-        else:
-            words.append("one view per tile")
-        if self.cell_tta:
-            seconds = median(lambda: self.classify(batch, batch_size=cells)) / cells
-            self.cell_tta = seconds <= cell_budget
-            words.append(f"8 views per scene or batch cell ({_duration(seconds)} a cell)" if self.cell_tta else
-                         f"one view per scene or batch cell: 8 views would take {_duration(seconds)} a cell here "
-                         f"(budget {_duration(cell_budget)})")
-        else:
-            words.append("one view per scene or batch cell")
-        self.views_note = "; ".join(words)
+        def within(on: bool, seconds: Callable[[], float], budget: float, what: str, unit: str) -> tuple[bool, str]:
+            if not on:
+                return False, f"one view per {what}"
+            taken = seconds()
+            if taken <= budget:
+                return True, f"8 views per {what} ({_duration(taken)} a {unit} here)"
+            return False, (f"one view per {what}: 8 views would take {_duration(taken)} a {unit} here (budget "
+                           f"{_duration(budget)})")
+
+        self.tta, tiles = within(self.tta, lambda: median(lambda: self.analyze(tile)), tile_budget, "tile", "tile")
+        self.cell_tta, cells_note = within(self.cell_tta, lambda: median(lambda: self.classify(batch, batch_size=cells))
+                                           / cells, cell_budget, "scene or batch cell", "cell")
+        self.views_note = f"{tiles}; {cells_note}"
         return self.views_note
 
     def class_index(self, label: str) -> int:

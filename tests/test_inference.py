@@ -236,7 +236,7 @@ def test_the_views_are_kept_only_within_budget(untrained_checkpoint):
     note = predictor.fit_views(0.5, 1.0, clock=clock)
     assert (predictor.tta, predictor.cell_tta) == (False, True)
     assert note == ("one view per tile: 8 views would take 2.0 s a tile here (budget 500 ms); "
-                    "8 views per scene or batch cell (31 ms a cell)") == predictor.views_note
+                    "8 views per scene or batch cell (31 ms a cell here)") == predictor.views_note
     assert predictor.fit_views(0.5, 0.01, clock=clock).endswith(
         "one view per scene or batch cell: 8 views would take 31 ms a cell here (budget 10 ms)")
     assert predictor.cell_tta is False

@@ -193,7 +193,7 @@ class ViewAveraged(torch.nn.Module):
 def test_tta_is_served_only_where_it_pays_on_validation(trained_run, mini_tensors):
     from eurosat import hub
     from eurosat.engine import Runtime, predict
-    from eurosat.runner import TTA_MIN_GAIN, calibrate
+    from eurosat.evaluation import TTA_MIN_GAIN, calibrate
     from eurosat.transforms import eval_transform
 
     checkpoint = hub.load(str(trained_run))

@@ -8,7 +8,8 @@ import gradio as gr
 from PIL import Image
 
 from ..cam import DEFAULT_METHOD, overlay
-from .shared import DEFAULT_OPACITY, TOP1, OnScreen, Tab, own_file, user_errors
+from .outputs import own_file
+from .shared import DEFAULT_OPACITY, TOP1, OnScreen, Tab, user_errors
 
 LEGEND = (
     "Red and yellow mark the places that raised the chosen class's score most, blue the places that mattered "

@@ -11,7 +11,8 @@ from PIL import Image
 
 from .. import scene as scenes
 from ..imaging import open_georeferenced
-from .shared import DEFAULT_OPACITY, Tab, own_file, user_errors, with_our_example
+from .outputs import own_file
+from .shared import DEFAULT_OPACITY, Tab, user_errors, with_our_example
 
 # The map shown on the page, and downloaded from its button, is at most this size.
 MAX_SHOWN_SIDE = 1024

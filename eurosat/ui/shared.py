@@ -5,15 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
-import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,6 +24,7 @@ from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
 from ..uploads import Upload, uploaded_file
 from .lanes import HeavyLane, current_event_alive, queued_heavy_jobs
+from .outputs import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +37,6 @@ DEFAULT_OPACITY = 0.5
 # Heatmaps of big photos are drawn over a copy this size: the map itself only has the model's input
 # resolution, and a full-size PNG would be megabytes to send back for no extra detail.
 MAX_DISPLAY_SIDE = 512
-# A response's own files are copied into Gradio's cache as the handler returns; the originals go after this long.
-OUTPUT_SECONDS = 300
 UNEXPECTED = ("Something went wrong while handling this request. The details were logged on the server; "
               "try another image, or try again later.")
 
@@ -142,17 +136,6 @@ def max_upload_bytes(config: AppConfig) -> int:
     from gradio.utils import _parse_file_size
 
     return int(_parse_file_size(config.max_file_size))
-
-
-def own_file(image: Image.Image) -> Image.Image:
-    """`image`, tagged with an id so that this response gets a file of its own.
-
-    Gradio caches an output under the hash of its bytes and rewrites that file in place, so two
-    visitors getting the same picture at the same moment could each download the other's
-    half-written file. A per-response PNG text entry makes every response's bytes differ.
-    """
-    image.info["response"] = uuid.uuid4().hex
-    return image
 
 
 class Service:
@@ -280,38 +263,6 @@ class Service:
                     f", about {max(1, round(left))} s left" if left is not None else ""))
             yield report
             log.info("%s of %s: %d %s in %.1f s", kind, job.visitor, job.total, unit, time.monotonic() - job.started)
-
-
-class Outputs:
-    """Folders for the files responses carry (CSV, GeoTIFF, JSON), one per response, removed when no longer needed.
-
-    Gradio copies every returned file into its own cache, which `delete_cache` cleans; the file
-    written here is only read for that copy, right after the handler returns. So each new folder
-    sweeps away the folders older than `keep_seconds`, and the disk holds only the recent ones.
-    """
-
-    def __init__(self, keep_seconds: float = OUTPUT_SECONDS):
-        self.keep_seconds = keep_seconds
-        self._root: Path | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def root(self) -> Path:
-        with self._lock:
-            if self._root is None:
-                self._root = Path(tempfile.mkdtemp(prefix="eurosat-outputs-"))
-            return self._root
-
-    def new(self) -> Path:
-        """An empty folder of this response's own; older folders are removed first."""
-        now = time.time()
-        for folder in self.root.iterdir():
-            try:
-                if now - folder.stat().st_mtime > self.keep_seconds:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:  # another request removed it first
-                pass
-        return Path(tempfile.mkdtemp(dir=self.root))
 
 
 class Tab:
