@@ -77,16 +77,25 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     predictor = Predictor(checkpoint, device=config.device, tta=checkpoint.tta if config.tta is None else config.tta,
                           cell_tta=checkpoint.tta if config.cell_tta is None else config.cell_tta,
                           cam_copies=config.concurrency_limit)
+    if config.backend == "onnxruntime":
+        predictor.use_onnxruntime(config.graph_cache, threads=request_threads(config))
     loaded = time.perf_counter()
     predictor.warmup()
     # A flag that asks for TTA is obeyed whatever it costs; the checkpoint's own choice is kept within budget.
     views = predictor.fit_views(math.inf if config.tta else config.tta_budget_ms / 1000,
                                 math.inf if config.cell_tta else config.cell_tta_budget_ms / 1000)
-    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, serving in %s layout; %s",
+    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, %s layout; forward passes: %s; %s",
              config.model, checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
              (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous",
-             views)
+             predictor.backend_note, views)
     return predictor, None
+
+
+def request_threads(config: AppConfig) -> int:
+    """CPU threads of one request's forward pass, for PyTorch and ONNX Runtime alike (`inference.cpu_threads`)."""
+    from eurosat.inference import cpu_threads
+
+    return config.threads or cpu_threads(config.concurrency_limit)
 
 
 def build(config: AppConfig, limits: Limits | None = None) -> gr.Blocks:
@@ -95,11 +104,10 @@ def build(config: AppConfig, limits: Limits | None = None) -> gr.Blocks:
 
     from eurosat.budget import Budget, Limits
     from eurosat.engine import resolve_device
-    from eurosat.inference import cpu_threads
     from eurosat.ui import build_demo
 
     config = dataclasses.replace(config, device=resolve_device(config.device))
-    torch.set_num_threads(config.threads or cpu_threads(config.concurrency_limit))
+    torch.set_num_threads(request_threads(config))
     predictor, error = load_predictor(config)
     budget = Budget(limits or Limits.from_env())
     demo = build_demo(predictor, config=config, load_error=error, budget=budget)

@@ -148,6 +148,11 @@ class AppConfig:
                                        "config.json says, while a cell takes at most --cell-tta-budget-ms)")
     cell_tta_budget_ms: float = _arg(20.0, "with cell TTA by default, serve one view per cell when 8 views take "
                                            "longer than this per cell here")
+    backend: Literal["onnxruntime", "pytorch"] = _arg(
+        "onnxruntime", "what runs the forward passes: ONNX Runtime on a graph exported here from the weights (PyTorch "
+                       "when that cannot be had, as the log and the Model panel then say), or PyTorch")
+    graph_cache: str | None = _arg(None, "folder for the exported ONNX graphs (default: the Hugging Face cache, "
+                                         "under HF_HOME)", metavar="DIR")
     top_k: int = _arg(5, "classes listed by default")
     concurrency_limit: int = _arg(2, "tile requests (/predict, /gradcam, the page's tile) that run at the same time")
     heavy_concurrency: int = _arg(1, "heavy jobs (scene maps, batches) that run at the same time; tiles go first")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from .calibration import calibrated_softmax
 from .cam import DEFAULT_METHOD, HookedCopies, cam_from_features, library_cam
@@ -20,6 +22,12 @@ from .imaging import to_tensor
 from .model import linear_head
 from .transforms import eval_transform
 from .views import forward, in_layout, is_channels_last
+
+if TYPE_CHECKING:
+    from .onnxrt import Graph
+
+log = logging.getLogger(__name__)
+PYTORCH = "PyTorch"
 
 
 def cpu_threads(concurrent_requests: int = 1, *, cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -67,6 +75,8 @@ class Predictor:
     With `tta`, every answer for a tile averages the logits of the 8 flips and right-angle rotations
     of the input (an overhead tile has no 'up'), computed as one batch of 8 in one forward pass;
     `cell_tta` (default: `tta`) does the same for the cells of scenes and batches (`classify`).
+    Every forward pass runs on `engine`: the PyTorch model, or after `use_onnxruntime` its ONNX
+    Runtime graph; the gradient CAM methods always run on copies of the PyTorch model.
     """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "cpu",
@@ -83,6 +93,9 @@ class Predictor:
         self.views_note = "; ".join([f"{'8 views' if self.tta else 'one view'} per tile",
                                      f"{'8 views' if self.cell_tta else 'one view'} per scene or batch cell"])
         self.model = checkpoint.model.eval().to(self.device)
+        self.engine: nn.Module | Graph = self.model
+        # Which library runs the forward passes, in words for the page and the log (`use_onnxruntime` sets it).
+        self.backend_note = f"{PYTORCH} ({self.device.type})"
         self.use_channels_last(channels_last)
         self._to_input = eval_transform(self.data_config)
         self._cam_copies = cam_copies
@@ -95,6 +108,38 @@ class Predictor:
             if self._hooked is None:
                 self._hooked = HookedCopies(self.model, self._cam_copies)
             return self._hooked
+
+    def use_onnxruntime(self, cache_dir: str | Path | None = None, threads: int | None = None) -> str:
+        """Run every forward pass with ONNX Runtime from here on, or say why PyTorch still does; returns `backend_note`.
+
+        The graph is exported from the loaded weights (never downloaded) and cached in `cache_dir`
+        (default: the Hugging Face cache), keyed by a hash of the weights and config; `threads` (default:
+        PyTorch's) is the intra-op thread count of each run. Without onnxruntime, on a GPU, or when the
+        export or its check fails, the model keeps running on PyTorch and the note and the log say why.
+        """
+        from . import onnxrt
+
+        threads = threads or torch.get_num_threads()
+        if self.device.type != "cpu":
+            reason = f"the model runs on {self.device.type}, and the ONNX Runtime build here is for the CPU"
+        else:
+            try:
+                self.engine = onnxrt.load_graph(self.model, self.data_config, self.checkpoint.config,
+                                                cache_dir=None if cache_dir is None else Path(cache_dir),
+                                                threads=threads)
+            except ImportError as e:
+                reason = f"ONNX Runtime is not available ({e})"
+            except onnxrt.GraphError as e:
+                reason = str(e)
+            else:
+                self.backend_note = (f"ONNX Runtime {onnxrt.runtime_version()} on the CPU, {threads} thread"
+                                     f"{'s' if threads > 1 else ''} a request, from a graph exported here from "
+                                     f"these weights; the gradient CAM methods on {PYTORCH}")
+                return self.backend_note
+        self.engine = self.model
+        self.backend_note = f"{PYTORCH} ({self.device.type}): {reason}"
+        log.warning("serving with %s", self.backend_note)
+        return self.backend_note
 
     def use_channels_last(self, on: bool) -> None:
         """Hold the weights in channels_last (True) or contiguous (False) layout; inputs follow the weights."""
@@ -115,7 +160,7 @@ class Predictor:
 
     def logits(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Logits of a model-ready batch; with TTA (default: the tiles' setting), the mean over the 8 views."""
-        return forward(self.model, x, tta=self.tta if tta is None else tta)[1]
+        return forward(self.engine, x, tta=self.tta if tta is None else tta)[1]
 
     def probabilities(self, x: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """Calibrated class probabilities (N, C) of a model-ready batch."""
@@ -146,26 +191,29 @@ class Predictor:
         return [ranked(p, self.label_names, k) for p in probs]
 
     def warmup(self, rounds: int = 3, *, clock: Callable[[], float] = time.perf_counter) -> dict[bool, float]:
-        """Pay PyTorch's lazy set-up now, and keep the memory layout that runs this model faster here.
+        """Pay the lazy set-up now, and keep the memory layout that runs the PyTorch model faster here.
 
         Which layout wins depends on the model and the CPU (`benchmarks/inference.py` measures both),
-        so the serving machine decides. Both layouts give the same results. The tile is half the
-        input size so that the resize runs too, as it does for real uploads. Returns the seconds
-        each layout took, keyed by channels_last.
+        so the serving machine decides; it matters wherever PyTorch runs the model (all passes without
+        ONNX Runtime, the gradient CAM methods with it). Both layouts give the same results. The tile is
+        half the input size so that the resize runs too, as it does for real uploads. Returns the
+        seconds each layout's PyTorch pass took, keyed by channels_last.
         """
         height, width = self.data_config.input_size
         tile = Image.new("RGB", (max(1, width // 2), max(1, height // 2)))
+        x = self.inputs([tile])
         seconds = {False: 0.0, True: 0.0}
         for layout in seconds:  # the first call in each layout pays one-off set-up, so it is not timed
             self.use_channels_last(layout)
-            self.analyze(tile)
+            forward(self.model, x, tta=self.tta)
         for _ in range(rounds):  # alternating, so a change of load on the machine hits both alike
             for layout in seconds:
                 self.use_channels_last(layout)
                 start = clock()
-                self.analyze(tile)
+                forward(self.model, x, tta=self.tta)
                 seconds[layout] += clock() - start
         self.use_channels_last(min(seconds, key=seconds.get))
+        self.analyze(tile)  # the serving path once, engine and all
         return seconds
 
     def fit_views(self, tile_budget: float, cell_budget: float, *, rounds: int = 3, cells: int = 64,
@@ -221,7 +269,7 @@ class Predictor:
         index = None if target is None else self.class_index(target)
         x = self.inputs([image])
         if method == DEFAULT_METHOD and linear_head(self.model) is not None:
-            features, logits = forward(self.model, x, tta=self.tta, features=True)
+            features, logits = forward(self.engine, x, tta=self.tta, features=True)
             index = int(logits[0].argmax()) if index is None else index
             heatmap = cam_from_features(self.model, features, torch.tensor([index]), tuple(x.shape[-2:]))[0]
         else:

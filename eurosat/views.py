@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .model import features_and_logits
-from .transforms import dihedral
+
+if TYPE_CHECKING:
+    from .onnxrt import Graph
 
 VIEWS = 8  # the flips and right-angle rotations of a square: an overhead tile has no 'up'
 
@@ -29,9 +33,17 @@ def in_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def d4_views(x: torch.Tensor) -> torch.Tensor:
-    """The 8 D4 views of a model-ready batch (N, C, H, W), view-major: all upright first, then view 1, ..."""
-    codes = torch.arange(VIEWS).repeat_interleave(len(x))
-    return dihedral(x.repeat(VIEWS, 1, 1, 1), codes)
+    """The 8 D4 views of a model-ready square batch (N, C, H, W), view-major: all upright first, then view 1, ...
+
+    View `code` is `transforms.dihedral`'s (4 * flip + quarter turns), made for the whole batch at once
+    and written straight into its place: a third of the time of indexing a repeated batch.
+    """
+    n = len(x)
+    views = x.new_empty((VIEWS * n, *x.shape[1:]))
+    mirrored = x.flip(-1)
+    for code in range(VIEWS):
+        views[code * n:(code + 1) * n] = torch.rot90(x if code < 4 else mirrored, code % 4, dims=(-2, -1))
+    return views
 
 
 def merge(logits: torch.Tensor, n: int) -> torch.Tensor:
@@ -39,18 +51,20 @@ def merge(logits: torch.Tensor, n: int) -> torch.Tensor:
     return logits.view(-1, n, logits.shape[-1]).mean(dim=0)
 
 
-def forward(model: nn.Module, x: torch.Tensor, *, tta: bool,
+def forward(model: nn.Module | Graph, x: torch.Tensor, *, tta: bool,
             features: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One forward pass of a model-ready batch: (the upright views' last feature maps, or None, and logits).
 
-    With `tta` the 8 views go through the network as one batch and the logits are their mean (float32);
-    the feature maps, which a single-pass CAM weighs, are those of the upright views only.
+    `model` is the PyTorch model or its ONNX Runtime graph (`onnxrt.Graph`): the views and their
+    merging are the same for both, only the pass itself differs. With `tta` the 8 views go through
+    the network as one batch and the logits are their mean (float32); the feature maps, which a
+    single-pass CAM weighs, are those of the upright views only.
     """
-    batch = in_layout(model, d4_views(x) if tta else x)
-    with torch.inference_mode():
-        if features:
-            maps, logits = features_and_logits(model, batch)
-            maps = maps[:len(x)]
-        else:
-            maps, logits = None, model(batch)
-    return maps, merge(logits.float(), len(x))
+    batch = d4_views(x) if tta else x
+    if isinstance(model, nn.Module):
+        batch = in_layout(model, batch)
+        with torch.inference_mode():
+            maps, logits = features_and_logits(model, batch) if features else (None, model(batch))
+    else:
+        maps, logits = model.run(batch, features)
+    return None if maps is None else maps[:len(x)], merge(logits.float(), len(x))

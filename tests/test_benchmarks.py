@@ -85,3 +85,20 @@ def test_the_library_imports_nothing_from_the_benchmarks():
                 imported.add((path.name, node.module))
     assert len(imported) > 20  # the walk sees the library's real imports
     assert [pair for pair in imported if pair[1].split(".")[0] == "benchmarks"] == []
+
+
+def test_backends_benchmark_times_both_libraries_on_the_same_inputs(tmp_path):
+    from benchmarks import backends
+
+    results = backends.main(["--models", "test_resnet", "--batches", "1,3", "--seconds", "0.01", "--threads", "1",
+                             "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "backends.json").read_text()) == results
+    (model,) = results["models"]
+    assert [r["batch"] for r in model["rows"]] == [1, 3] and model["note"].startswith("ONNX Runtime ")
+    for row in model["rows"]:
+        assert row["rounds"] == 2 and row["speedup"] > 0 and row["pytorch_best"] in ("contiguous", "channels_last")
+        assert row["onnxruntime_gflops"] == pytest.approx(
+            row["onnxruntime_views_per_s"] * model["gflop_per_view"], rel=0.01)
+    peak = results["peak"]
+    assert peak["peak_gflops"] == pytest.approx(1 * 2 * peak["lanes"] * 2 * peak["ghz"], rel=1e-3)
+    assert "| test_resnet, batch 3 |" in (tmp_path / "BACKENDS.md").read_text()

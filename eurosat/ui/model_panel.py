@@ -32,9 +32,10 @@ def read_metrics(checkpoint: Checkpoint) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def facts(checkpoint: Checkpoint, app_dir: Path, views: str) -> dict[str, Any]:
+def facts(checkpoint: Checkpoint, app_dir: Path, views: str, backend: str) -> dict[str, Any]:
     """Plain data about the served model: what it is, how it was trained, how good it is (read once, at start),
-    and `views`, how many test-time views this app serves (`Predictor.views_note`)."""
+    `views`, how many test-time views this app serves (`Predictor.views_note`), and `backend`, what runs its
+    forward passes (`Predictor.backend_note`)."""
     train = checkpoint.config.get("train_config") or {}
     metrics = read_metrics(checkpoint)
     per_class = metrics.get("per_class") or {}
@@ -62,6 +63,7 @@ def facts(checkpoint: Checkpoint, app_dir: Path, views: str) -> dict[str, Any]:
         "confusion_matrix": str((checkpoint.folder or Path(checkpoint.source)) / "confusion_matrix.png"),
         "card": card_link(checkpoint, app_dir),
         "views": views,
+        "backend": backend,
     }
 
 
@@ -88,6 +90,7 @@ def panel_markdown(f: dict[str, Any], served_tta: bool) -> str:
             ("Test top-1", f"{_pct(f['top1'])} single view" + (f", {_pct(f['top1_tta'])} with the 8-view TTA "
                                                                  "the app serves" if f["top1_tta"] and served_tta else "")),
             ("Test-time views here", f["views"]),
+            ("Forward passes here", f["backend"]),
             ("Macro-F1", "not measured" if f["macro_f1"] is None else f"{f['macro_f1']:.4f}"),
             ("Calibration error (ECE)", "not measured" if f["ece"] is None else f"{f['ece']:.4f}"),
             ("Temperature (fitted on validation)", f"{f['temperature']:g}"),

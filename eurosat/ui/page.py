@@ -131,7 +131,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
     budget = budget or Budget(Limits.from_env())
     served = Service(predictor, config=config, load_error=load_error, trusted_proxies=budget.limits.trusted_proxies)
     page = Page(served, budget, ask)
-    model_facts = None if predictor is None else model_panel.facts(predictor.checkpoint, APP_DIR, predictor.views_note)
+    model_facts = None if predictor is None else model_panel.facts(predictor.checkpoint, APP_DIR, predictor.views_note,
+                                                                   predictor.backend_note)
     served_tta = bool(predictor and predictor.tta)
     # Every upload and response leaves files in Gradio's cache: they are kept for CACHE_SECONDS, checked as often,
     # so a file lives at most twice that; an expired upload gets "upload it again".
