@@ -12,7 +12,6 @@ import urllib.request
 import gradio as gr
 import numpy as np
 import pytest
-import tifffile
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -135,8 +134,7 @@ def test_readme_snippets(client, predictor, fake_llm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(REPO / "examples", "examples")
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path("examples").glob("*.jpg"))]
-    tifffile.imwrite("scene.tif", np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)]),
-                     photometric="rgb")
+    Image.fromarray(np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)])).save("scene.tif")
     shutil.copy("examples/River.jpg", "a.png")
     with zipfile.ZipFile("tiles.zip", "w") as archive:
         archive.write("examples/Forest.jpg", "tiles/forest.jpg")
@@ -171,8 +169,8 @@ def test_readme_snippets(client, predictor, fake_llm, tmp_path, monkeypatch):
     opinion = llm.SecondOpinion("Forest", 0.8, "Dense canopy.", "gpt-4o")
     assert markdown == llm.format_comparison(opinion, label, probability)
 
-    scene_map, table, cells_csv, geotiff = client.predict(handle_file("scene.tif"), api_name="/scene")
-    assert Image.open(scene_map).size == (320, 128) and geotiff is None
+    scene_map, table, cells_csv, geotiff, how = client.predict(handle_file("scene.tif"), api_name="/scene")
+    assert Image.open(scene_map).size == (320, 128) and geotiff is None and "carries no georeferencing" in how
     assert sum(row[1] for row in table["data"]) == 10 and len(open(cells_csv).read().splitlines()) == 11
 
     table, results_csv = client.predict([handle_file("a.png"), handle_file("tiles.zip")], api_name="/batch")
@@ -294,7 +292,7 @@ def test_scene_needs_only_the_image_and_matches_predict_cell_by_cell(client, pre
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO / "examples").glob("*.jpg"))[:6]]
     path = tmp_path / "mosaic.png"
     Image.fromarray(mosaic(tiles, 3)).save(path)
-    picture, table, cells_csv, geotiff = client.predict(handle_file(str(path)), api_name="/scene")
+    picture, table, cells_csv, geotiff, _ = client.predict(handle_file(str(path)), api_name="/scene")
     assert Image.open(picture).size == (192, 128) and geotiff is None
     rows = list(csv.DictReader(open(cells_csv)))
     assert [(int(r["x"]), int(r["y"])) for r in rows] == [(64 * (i % 3), 64 * (i // 3)) for i in range(6)]

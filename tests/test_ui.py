@@ -347,10 +347,10 @@ def test_api_needs_only_the_image(predictor, config):
     defaults = {name: {p["parameter_name"]: p for p in endpoint["parameters"]}
                 for name, endpoint in api["named_endpoints"].items()}
     assert {name: list(params) for name, params in defaults.items()} == {
-        "/predict": ["image", "k"],
-        "/gradcam": ["image", "class_name", "method", "opacity"],
+        "/predict": ["image", "k", "radiometry"],
+        "/gradcam": ["image", "class_name", "method", "opacity", "radiometry"],
         "/gpt4o": ["image", "api_key"],
-        "/scene": ["image", "metres_per_pixel", "opacity"],
+        "/scene": ["image", "metres_per_pixel", "opacity", "radiometry"],
         "/batch": ["files"],
     }
     for params in defaults.values():
@@ -362,11 +362,13 @@ def test_api_needs_only_the_image(predictor, config):
     assert defaults["/gradcam"]["method"]["parameter_default"] == "GradCAM"
     assert defaults["/gradcam"]["opacity"]["parameter_default"] == 0.5
     assert defaults["/gpt4o"]["api_key"]["parameter_default"] == ""
+    assert {defaults[name]["radiometry"]["parameter_default"] for name in ("/predict", "/gradcam", "/scene")} == {"auto"}
     returns = {name: [r["label"] for r in endpoint["returns"]] for name, endpoint in api["named_endpoints"].items()}
     assert returns == {"/predict": ["Most likely classes"], "/gradcam": ["Heatmap", "Class drawn"],
                        "/gpt4o": ["GPT-4o's answer"],
                        "/scene": ["Land-cover map", "Land cover by class", "Cells (CSV)",
-                                  "Class raster (GeoTIFF, when the input is georeferenced)"],
+                                  "Class map (Cloud-Optimized GeoTIFF, when the input is georeferenced)",
+                                  "How the file was read"],
                        "/batch": ["Results, least confident first", "Results (CSV)"]}
     examples = {name: endpoint["parameters"][0]["example_input"] for name, endpoint in api["named_endpoints"].items()}
     assert all("examples/Forest.jpg" in json.dumps(example) for example in examples.values()), examples
@@ -374,6 +376,8 @@ def test_api_needs_only_the_image(predictor, config):
                  if isinstance(b, gr.Dropdown)}
     assert dropdowns["Class"] == [TOP1, *predictor.label_names]
     assert {"GradCAM", "GradCAM++", "EigenCAM", "LayerCAM"} <= set(dropdowns["Method"])
+    assert dropdowns["Radiometry"] == dropdowns["Radiometry (GeoTIFF, JPEG 2000)"] == [
+        "auto", "eurosat-l1c", "baseline-04", "reflectance", "8bit"]
     keys = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.type == "password"]
     assert len(keys) == 1
 

@@ -19,8 +19,9 @@ from .batch import BatchTab
 from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
+from ..radiometry import AUTO
 from .scene import SceneTab
-from .shared import Served, Shown, message_of, user_error, user_errors, with_our_example
+from .shared import RADIOMETRY_CHOICES, Served, Shown, message_of, user_error, user_errors, with_our_example
 
 APP_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -81,8 +82,8 @@ class Page:
         self.batch = BatchTab(served)
         self.examples = example_tiles(served.config.examples_dir)
 
-    def show(self, image: Any, k: Any, class_name: Any, method: Any, opacity: Any) -> tuple:
-        """Every tab's output for a new image, class or method, from one pass of the network.
+    def show(self, image: Any, k: Any, class_name: Any, method: Any, opacity: Any, radiometry: Any = AUTO) -> tuple:
+        """Every tab's output for a new image, class, method or radiometry, from one pass of the network.
 
         The GPT-4o answer is cleared: it belonged to the previous image. A failure is shown in the
         Prediction panel and in a toast, and the other outputs are cleared.
@@ -93,7 +94,7 @@ class Page:
         try:
             self.served.model()
             count, alpha = self.served.k(k), self.served.opacity(opacity)
-            shown = self.served.analyze(image, class_name, method)
+            shown = self.served.analyze(image, class_name, method, radiometry)
         except Exception as e:
             message = message_of(e, "show")
             gr.Warning(message)
@@ -102,7 +103,8 @@ class Page:
         predictor = self.served.model()
         text = notice(probabilities, predictor.checkpoint.notice_threshold, shown.source_size,
                       max(predictor.data_config.input_size))
-        return (shown.analysis.top(count), text, describe(probabilities),
+        meaning = describe(probabilities) + (f" The file was {shown.reading.sentence()}." if shown.reading else "")
+        return (shown.analysis.top(count), text, meaning,
                 heatmap_image(shown, alpha), shown.analysis.target, shown,
                 gr.update(visible=True, value=download(probabilities, shown.upload.name, self.served.outputs.new())),
                 cleared)
@@ -185,6 +187,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                         image = with_our_example(gr.Image(
                             type="filepath", image_mode=None, sources=["upload", "clipboard"], height=360,
                             label="Sentinel-2 RGB tile", elem_id="tile"))
+                        radiometry = gr.Dropdown(RADIOMETRY_CHOICES, value=AUTO, elem_id="tile-radiometry",
+                                                 label="Radiometry (GeoTIFF, JPEG 2000)")
                     with gr.Column():
                         with gr.Tabs():
                             with gr.Tab("Prediction"):
@@ -211,8 +215,9 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
         model_events = dict(preprocess=False, concurrency_id="model")
         # The API first: no triggers on the page, the same components for what clients send and receive.
         # (/predict must be event 0: Gradio's frontend checks event 0's arguments against /predict.)
-        gr.on([], page.predict.predict, inputs=[image, p["k"]], outputs=p["label"], api_name="predict", **model_events)
-        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"]],
+        gr.on([], page.predict.predict, inputs=[image, p["k"], radiometry], outputs=p["label"], api_name="predict",
+              **model_events)
+        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"], radiometry],
               outputs=[c["cam"], c["drawn"]], api_name="gradcam", **model_events)
         gr.on([], page.gpt4o.gpt4o, inputs=[image, g["api_key"]], outputs=g["answer"], api_name="gpt4o",
               preprocess=False, concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
@@ -221,8 +226,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                           concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
         g["api_key"].change(lambda key: gr.update(**button_state(key)), g["api_key"], g["button"],
                             api_visibility="private", show_progress="hidden", queue=False)
-        gr.on([image.change, c["class_name"].change, c["method"].change], page.show,
-              inputs=[image, p["k"], c["class_name"], c["method"], c["opacity"]],
+        gr.on([image.change, c["class_name"].change, c["method"].change, radiometry.change], page.show,
+              inputs=[image, p["k"], c["class_name"], c["method"], c["opacity"], radiometry],
               outputs=[p["label"], p["notice"], p["meaning"], c["cam"], c["drawn"], shown, p["download"],
                        g["answer"]],
               api_visibility="private", **model_events)
@@ -232,9 +237,11 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
         gallery.select(page.select_example, None, image, api_visibility="private")
         # On a phone the answer sits above the gallery: bring it into view when an image arrives.
         image.change(None, js=SHOW_ANSWER)
-        sc["button"].click(page.scene.scene, inputs=[sc["image"], sc["mpp"], sc["opacity"]],
-                           outputs=[sc["map"], sc["table"], sc["csv"], sc["geotiff"], mapped], api_name="scene",
-                           **model_events)
+        sc["button"].click(page.scene.scene, inputs=[sc["image"], sc["mpp"], sc["opacity"], sc["radiometry"]],
+                           outputs=[sc["map"], sc["table"], sc["csv"], sc["geotiff"], sc["note"], mapped],
+                           api_name="scene", **model_events)
+        sc["image"].change(page.scene.resolution, sc["image"], sc["mpp"], api_visibility="private", preprocess=False,
+                           show_progress="hidden", queue=False)
         sc["opacity"].change(page.scene.redraw, [sc["opacity"], mapped], sc["map"], api_visibility="private",
                              show_progress="hidden")
         b["button"].click(page.batch.batch, inputs=b["files"], outputs=[b["table"], b["csv"]], api_name="batch",

@@ -25,6 +25,7 @@ from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from ..errors import UserError
 from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
+from ..radiometry import AUTO, LABELS, Reading
 from ..uploads import Upload, uploaded_file
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 _CHECKED: ContextVar[dict[str, Upload]] = ContextVar("checked_uploads", default={})
 
 TOP1 = "top-1"
+RADIOMETRY_CHOICES = [(label, value) for value, label in LABELS.items()]  # (shown, sent) for the menus
 DEFAULT_OPACITY = 0.5
 # Heatmaps of big photos are drawn over a copy this size: the map itself only has the model's input
 # resolution, and a full-size PNG would be megabytes to send back for no extra detail.
@@ -69,6 +71,7 @@ class Shown:
     source_size: tuple[int, int]  # the file's own (width, height) in pixels
     rgb: np.ndarray  # the tile as displayed under the heatmap (uint8, H x W x 3)
     analysis: Analysis
+    reading: Reading | None = None  # how a raster's values became true colour; None for an 8-bit image
 
 
 def user_error(message: str) -> gr.Error:
@@ -190,15 +193,13 @@ class Served:
         uploads = [self.upload(value) for value in values]
         _CHECKED.set({upload.path: upload for upload in uploads})
 
-    def open(self, upload: Upload, *, full_size: bool = False) -> Image.Image:
-        """The uploaded image, decoded safely; a tile-sized copy unless the full resolution is needed.
+    def open(self, upload: Upload, *, radiometry: Any = AUTO) -> Image.Image:
+        """The uploaded image, decoded safely into a tile-sized copy, a raster's values read as `radiometry`.
 
         Its `info["source_size"]` is the file's own (width, height), whatever was decoded.
         """
-        if full_size:
-            return open_image(upload.path, max_pixels=self.config.max_pixels)
         size = self.predictor.data_config.input_size if self.predictor is not None else (64, 64)
-        return open_image(upload.path, max_pixels=self.config.max_pixels, reduce_to=size)
+        return open_image(upload.path, max_pixels=self.config.max_pixels, reduce_to=size, radiometry=radiometry)
 
     def k(self, k: Any) -> int:
         """k as a whole number of classes: 3 and "3" are accepted, 2.5 and "three" are not."""
@@ -240,14 +241,14 @@ class Served:
             raise user_error(f"Unknown Grad-CAM method {str(method)[:40]!r}: choose one of {', '.join(self.methods)}.")
         return found
 
-    def analyze(self, image: Any, class_name: Any = None, method: Any = None) -> Shown:
+    def analyze(self, image: Any, class_name: Any = None, method: Any = None, radiometry: Any = AUTO) -> Shown:
         """One pass of the network over an uploaded image: probabilities and the heatmap, kept for redraws."""
         predictor = self.model()
         target, method = self.class_name(class_name), self.method(method)
         upload = self.upload(image)
-        tile = self.open(upload)
+        tile = self.open(upload, radiometry=radiometry)
         return Shown(upload, tile.info["source_size"], display_rgb(tile),
-                     predictor.analyze(tile, target=target, method=method))
+                     predictor.analyze(tile, target=target, method=method), tile.info.get("reading"))
 
 
 class Outputs:
