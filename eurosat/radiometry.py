@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ LABELS = {
 # How much of a sample may lie below the offset and still be read as offset data: L2A water can dip slightly
 # below zero reflectance, which is DN just under 1000.
 _BELOW_OFFSET_SHARE = 0.001
+_FLOAT_ROWS = 64  # rows of a floating-point raster converted at once
 _OFFSET_KEY = re.compile(r"(BOA|RADIO)_ADD_OFFSET", re.I)
 _BASELINE_KEY = re.compile(r"PROCESSING_BASELINE", re.I)
 
@@ -131,21 +133,44 @@ def to_rgb8(bands: np.ndarray, reading: Reading, nodata: float | None = None) ->
 
     A pixel is no-data when its three values all equal the file's nodata (for digital numbers and reflectance,
     0 when the file declares none: Sentinel-2's no-data) or one of them is not finite; it becomes black (0).
+    Integers of up to 16 bits go through a table of every value's grey level (`_grey_table`), made by the
+    same arithmetic: a granule's strip is then one lookup, not several float64 copies of it.
     """
-    values = bands.astype(np.float64)
-    finite = np.isfinite(values).all(axis=0)
     missing = nodata if nodata is not None else (None if reading.kind == "8bit" else 0.0)
-    valid = finite if missing is None else finite & ~(values == missing).all(axis=0)
-    if reading.kind == "8bit":
+    if bands.dtype.kind in "ui" and bands.dtype.itemsize <= 2:
+        low = int(np.iinfo(bands.dtype).min)
+        grey = _grey_table(reading.kind, bands.dtype.str)[bands.astype(np.int32) - low if low else bands]
+        valid = np.ones(bands.shape[1:], bool) if missing is None else ~(bands == missing).all(axis=0)
+        grey[:, ~valid] = 0
+        return np.ascontiguousarray(np.moveaxis(grey, 0, -1)), valid
+    rgb, valid = np.empty((*bands.shape[1:], 3), np.uint8), np.empty(bands.shape[1:], bool)
+    for top in range(0, bands.shape[1], _FLOAT_ROWS):  # float64 copies of a few rows at a time
+        values = bands[:, top:top + _FLOAT_ROWS].astype(np.float64)
+        finite = np.isfinite(values).all(axis=0)
+        valid[top:top + _FLOAT_ROWS] = finite if missing is None else finite & ~(values == missing).all(axis=0)
+        rgb[top:top + _FLOAT_ROWS] = np.moveaxis(_grey(values, reading.kind, valid[top:top + _FLOAT_ROWS]), 0, -1)
+    return rgb, valid
+
+
+@functools.lru_cache(maxsize=None)
+def _grey_table(kind: str, dtype: str) -> np.ndarray:
+    """The grey level of every value of an integer type of up to 16 bits, by `_grey`."""
+    info = np.iinfo(np.dtype(dtype))
+    values = np.arange(info.min, info.max + 1, dtype=np.float64)
+    return _grey(values, kind, np.ones(values.shape, bool))
+
+
+def _grey(values: np.ndarray, kind: str, valid: np.ndarray) -> np.ndarray:
+    """uint8 grey levels of float64 values read as `kind`; 0 where not `valid`."""
+    if kind == "8bit":
         grey = np.clip(np.round(values), 0, 255)
-    elif reading.kind == "baseline-04":
+    elif kind == "baseline-04":
         grey = np.maximum(dn_to_grey(values - BASELINE_OFFSET), 1)  # dark but valid: at or below the offset
-    elif reading.kind == "reflectance":
+    elif kind == "reflectance":
         grey = dn_to_grey(values * DIGITS)
     else:
         grey = dn_to_grey(values)
-    grey = np.where(valid, np.nan_to_num(grey), 0)
-    return np.ascontiguousarray(np.moveaxis(grey.astype(np.uint8), 0, -1)), valid
+    return np.where(valid, np.nan_to_num(grey), 0).astype(np.uint8)
 
 
 def dn_to_grey(values: np.ndarray) -> np.ndarray:

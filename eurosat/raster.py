@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from contextlib import contextmanager
@@ -27,7 +28,9 @@ GDAL_OPTIONS = dict(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="
                     GDAL_CACHEMAX=64)
 SENTINEL2_BANDS = 13
 SENTINEL2_RGB = (4, 3, 2)  # B04, B03, B02 of EuroSAT's multispectral order (rasterio counts from 1)
-SAMPLE_SIDE = 512  # the auto radiometry looks at a decimated copy at most this large
+# The auto radiometry looks at up to 8 x 8 windows of 64 x 64 pixels spread over the raster: a decimated read
+# of a compressed, tiled GeoTIFF decodes each tile again for every sampled row (gigabytes for a granule).
+SAMPLE_WINDOWS, SAMPLE_SIDE = 8, 64
 _NAMES = {"TIFF": "TIFF", "GTiff": "TIFF", "JP2OpenJPEG": "JPEG 2000 file"}
 _BAND_NAMES = (("B04", "B03", "B02"), ("B4", "B3", "B2"), ("RED", "GREEN", "BLUE"))
 
@@ -148,20 +151,39 @@ class Raster:
             tags.update(dataset.tags(band))
         self.reading: Reading = decide(radiometry, np.dtype(dataset.dtypes[self.bands[0] - 1]), self._sample(), tags)
         self.georef = _georef(dataset)
+        self.col_off = self.row_off = 0
+
+    def crop(self, col: int, row: int, width: int, height: int) -> Raster:
+        """The same raster, read and georeferenced as its window of `width` x `height` pixels from (col, row)."""
+        from rasterio.transform import Affine
+
+        cropped = copy.copy(self)
+        cropped.col_off, cropped.row_off = self.col_off + col, self.row_off + row
+        cropped.width, cropped.height = width, height
+        if self.georef is not None:
+            cropped.georef = Georef(self.georef.crs, self.georef.transform @ Affine.translation(col, row))
+        return cropped
 
     def _sample(self) -> np.ndarray:
-        from rasterio.enums import Resampling
+        """(bands, values) from windows spread evenly over the raster, the whole of a small one."""
+        from rasterio.windows import Window
 
-        scale = max(1, math.ceil(max(self.width, self.height) / SAMPLE_SIDE))
-        shape = (len(self.bands), max(1, self.height // scale), max(1, self.width // scale))
-        return self._decoded(lambda: self.dataset.read(list(self.bands), out_shape=shape,
-                                                       resampling=Resampling.nearest))
+        def spans(length: int) -> list[tuple[int, int]]:  # (start, size) along one axis
+            if length <= SAMPLE_WINDOWS * SAMPLE_SIDE:
+                return [(0, length)]
+            step = (length - SAMPLE_SIDE) / (SAMPLE_WINDOWS - 1)
+            return [(round(i * step), SAMPLE_SIDE) for i in range(SAMPLE_WINDOWS)]
+
+        windows = [Window(col, row, width, height)
+                   for row, height in spans(self.height) for col, width in spans(self.width)]
+        return np.concatenate([self._decoded(lambda w=w: self.dataset.read(list(self.bands), window=w))
+                               .reshape(len(self.bands), -1) for w in windows], axis=1)
 
     def read(self, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows [top, bottom) at full width: (h, W, 3) uint8 true colour and the (h, W) mask of valid pixels."""
         from rasterio.windows import Window
 
-        window = Window(0, top, self.width, bottom - top)
+        window = Window(self.col_off, self.row_off + top, self.width, bottom - top)
         values = self._decoded(lambda: self.dataset.read(list(self.bands), window=window))
         rgb, valid = to_rgb8(values, self.reading, self.nodata)
         if self.alpha is not None:
@@ -239,22 +261,27 @@ def read_image(path: str | Path, radiometry: Any = "auto", *, max_pixels: int) -
 
 
 def write_cog(path: str | Path, array: np.ndarray, georef: Georef | None, *, nodata: float,
-              description: str, colormap: Mapping[int, Sequence[int]] | None = None,
+              description: str | Sequence[str], colormap: Mapping[int, Sequence[int]] | None = None,
               tags: Mapping[str, str] | None = None) -> Path:
-    """A single-band Cloud-Optimized GeoTIFF of `array` (rows, cols), written atomically.
+    """A Cloud-Optimized GeoTIFF of `array` ((rows, cols), or (bands, rows, cols)), written atomically.
 
-    It carries the CRS and transform of `georef`, `nodata`, a colour table and the band's description and tags.
+    It carries the CRS and transform of `georef`, `nodata`, the bands' descriptions and, on the first band, a
+    colour table and tags.
     """
     import rasterio
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
 
-    profile = dict(driver="GTiff", width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype.name,
-                   nodata=nodata, **({"crs": georef.crs, "transform": georef.transform} if georef else {}))
+    bands = array if array.ndim == 3 else array[np.newaxis]
+    descriptions = [description] if isinstance(description, str) else list(description)
+    located = {"crs": georef.crs, "transform": georef.transform} if georef else {}
+    profile = dict(driver="GTiff", width=bands.shape[2], height=bands.shape[1], count=len(bands),
+                   dtype=bands.dtype.name, nodata=nodata, **located)
     with rasterio.Env(**GDAL_OPTIONS), MemoryFile() as plain, MemoryFile() as cog:
         with plain.open(**profile) as dataset:
-            dataset.write(array, 1)
-            dataset.set_band_description(1, description)
+            dataset.write(bands)
+            for band, text in enumerate(descriptions, start=1):
+                dataset.set_band_description(band, text)
             if colormap:
                 dataset.write_colormap(1, {k: tuple(v) for k, v in colormap.items()})
             if tags:

@@ -259,12 +259,16 @@ def write_scene(scene: Scene, folder: str | Path, *, stem: str = "scene") -> dic
     Each file is written atomically as <stem>_cells.csv and <stem>_classes.tif; characters of `stem` other
     than letters, digits, '.', '-' and '_' become '_'. Returns the paths by kind.
     """
-    folder = Path(folder)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "scene"
+    folder, stem = Path(folder), safe_stem(stem)
     paths = {"csv": atomic_write(folder / f"{stem}_cells.csv", lambda f: f.write(cells_csv(scene)), mode="w")}
     if scene.georef is not None:
         paths["geotiff"] = write_classes(scene, folder / f"{stem}_classes.tif")
     return paths
+
+
+def safe_stem(stem: str, default: str = "scene") -> str:
+    """A file stem of letters, digits, '.', '-' and '_' only: any other run of characters becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or default
 
 
 def write_classes(scene: Scene, path: str | Path) -> Path:

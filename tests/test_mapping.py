@@ -195,3 +195,12 @@ def test_a_jpeg2000_raster_is_read_through_gdal(predictor, digital, tmp_path):
     tiff = map_file(str(write(tmp_path, "same.tif", hf.geotiff(digital))), predictor, max_pixels=10**7)
     assert scene.georef.crs.to_epsg() == 32632 and np.array_equal(scene.image, tiff.image)
     assert labels(scene) == labels(tiff)
+
+
+def test_the_scene_tab_shows_the_resolution_the_file_gives(mosaic, tmp_path):
+    page = Page(Served(None, config=AppConfig()))
+    coarse = write(tmp_path, "utm20.tif", hf.geotiff(np.ascontiguousarray(mosaic[::2, ::2]), scale=(20.0, 20.0)))
+    field = page.scene.resolution(upload(coarse))
+    assert field["value"] == 20.0 and field["interactive"] is False and field["label"].endswith("(EPSG:32632)")
+    plain = page.scene.resolution(upload(write(tmp_path, "plain.png", hf.encode(Image.fromarray(mosaic), "PNG"))))
+    assert plain["interactive"] is True and "value" not in plain  # the user's own value stays

@@ -8,7 +8,6 @@ import gradio as gr
 from PIL import Image
 
 from ..cam import DEFAULT_METHOD, overlay
-from ..radiometry import AUTO
 from .shared import DEFAULT_OPACITY, TOP1, Shown, Tab, own_file, user_errors
 
 LEGEND = (
@@ -27,15 +26,14 @@ class GradcamTab(Tab):
 
     @user_errors
     def gradcam(self, image: Any, class_name: Any = TOP1, method: Any = DEFAULT_METHOD,
-                opacity: Any = DEFAULT_OPACITY, radiometry: Any = AUTO) -> tuple[Image.Image, str]:
+                opacity: Any = DEFAULT_OPACITY) -> tuple[Image.Image, str]:
         """Show where the network looked: a Grad-CAM heatmap of one class over a Sentinel-2 RGB tile.
 
         class_name is a class name or "top-1" (any letter case); method one of GradCAM, GradCAM++, XGradCAM,
-        HiResCAM, LayerCAM, EigenCAM; radiometry as for /predict. Returns the heatmap as a PNG and the class
-        it was drawn for.
+        HiResCAM, LayerCAM, EigenCAM. Returns the heatmap as a PNG and the class it was drawn for.
         """
         alpha = self.served.opacity(opacity)
-        shown = self.served.analyze(image, class_name, method, radiometry)
+        shown = self.served.analyze(image, class_name, method)
         return heatmap_image(shown, alpha), shown.analysis.target
 
     def render(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ..inference import Predictor
 from ..uploads import UploadError
 from . import model_panel
 from .batch import BatchTab
+from .change import ChangeTab
 from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
@@ -79,6 +80,7 @@ class Page:
         self.gradcam = GradcamTab(served)
         self.gpt4o = Gpt4oTab(served, budget or Budget(Limits()), ask)
         self.scene = SceneTab(served)
+        self.change = ChangeTab(served)
         self.batch = BatchTab(served)
         self.examples = example_tiles(served.config.examples_dir)
 
@@ -164,7 +166,8 @@ class NoDeepLinks:
 
 def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None,
                ask: Callable[..., llm.SecondOpinion] = llm.ask, budget: Budget | None = None) -> gr.Blocks:
-    """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /batch) for `predictor` (None: banner only).
+    """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /change, /batch) for `predictor` (None:
+    banner only).
 
     `budget` limits the calls made with the server's OpenAI key (default: the limits in the environment).
     """
@@ -202,6 +205,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                                      buttons=[], interactive=False, visible=bool(page.examples), elem_id="examples")
             with gr.Tab("Scene map", elem_id="tab-scene"):
                 sc = page.scene.render()
+            with gr.Tab("Change", elem_id="tab-change"):
+                ch = page.change.render()
             with gr.Tab("Batch", elem_id="tab-batch"):
                 b = page.batch.render()
         with gr.Accordion("Model: what is served and how good it is", open=False, elem_id="model-panel"):
@@ -215,9 +220,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
         model_events = dict(preprocess=False, concurrency_id="model")
         # The API first: no triggers on the page, the same components for what clients send and receive.
         # (/predict must be event 0: Gradio's frontend checks event 0's arguments against /predict.)
-        gr.on([], page.predict.predict, inputs=[image, p["k"], radiometry], outputs=p["label"], api_name="predict",
-              **model_events)
-        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"], radiometry],
+        gr.on([], page.predict.predict, inputs=[image, p["k"]], outputs=p["label"], api_name="predict", **model_events)
+        gr.on([], page.gradcam.gradcam, inputs=[image, c["class_name"], c["method"], c["opacity"]],
               outputs=[c["cam"], c["drawn"]], api_name="gradcam", **model_events)
         gr.on([], page.gpt4o.gpt4o, inputs=[image, g["api_key"]], outputs=g["answer"], api_name="gpt4o",
               preprocess=False, concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
@@ -240,6 +244,9 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
         sc["button"].click(page.scene.scene, inputs=[sc["image"], sc["mpp"], sc["opacity"], sc["radiometry"]],
                            outputs=[sc["map"], sc["table"], sc["csv"], sc["geotiff"], sc["note"], mapped],
                            api_name="scene", **model_events)
+        ch["button"].click(page.change.change, inputs=[ch["before"], ch["after"], ch["before_date"], ch["after_date"],
+                                                       ch["radiometry"], ch["mpp"]],
+                           outputs=ch["outputs"], api_name="change", **model_events)
         sc["image"].change(page.scene.resolution, sc["image"], sc["mpp"], api_visibility="private", preprocess=False,
                            show_progress="hidden", queue=False)
         sc["opacity"].change(page.scene.redraw, [sc["opacity"], mapped], sc["map"], api_visibility="private",

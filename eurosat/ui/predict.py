@@ -9,7 +9,6 @@ from typing import Any
 import gradio as gr
 
 from ..fileio import atomic_write
-from ..radiometry import AUTO
 from .shared import Tab, user_errors
 
 # One line per EuroSAT class, to help a reader judge an answer against the picture.
@@ -81,16 +80,14 @@ class PredictTab(Tab):
     """The /predict endpoint and the tab's components."""
 
     @user_errors
-    def predict(self, image: Any, k: Any = 5, radiometry: Any = AUTO) -> dict[str, float]:
+    def predict(self, image: Any, k: Any = 5) -> dict[str, float]:
         """Classify one Sentinel-2 RGB tile (64x64 px at 10 m/px is ideal; larger images are resized).
 
-        radiometry says how a GeoTIFF's or JPEG 2000's values become true colour: auto (from the file),
-        eurosat-l1c (DN / 2750), baseline-04 (DN - 1000 first), reflectance (fractions) or 8bit. Returns the k
-        most likely land-cover classes with their probabilities (calibrated on validation).
+        Returns the k most likely land-cover classes with their probabilities (calibrated on validation).
         """
         predictor = self.served.model()
         count = self.served.k(k)
-        return predictor.predict(self.served.open(self.served.upload(image), radiometry=radiometry), count)
+        return predictor.predict(self.served.open(self.served.upload(image)), count)
 
     def render(self) -> dict[str, Any]:
         count = len(self.served.label_names) or max(self.served.config.top_k, 2)
