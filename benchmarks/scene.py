@@ -67,7 +67,7 @@ def mosaic(tiles: list[np.ndarray], side: int) -> np.ndarray:
 
 def in_process(args: argparse.Namespace, picture: np.ndarray) -> dict[str, Any]:
     """Cells per second of the scene path and of a bare batched forward of the same cells, interleaved."""
-    from eurosat import hub, scene
+    from eurosat import hub, mapping
     from eurosat.inference import Predictor
     from eurosat.views import d4_views, in_layout
 
@@ -85,7 +85,7 @@ def in_process(args: argparse.Namespace, picture: np.ndarray) -> dict[str, Any]:
                 predictor.model(in_layout(predictor.model, d4_views(batch) if predictor.tta else batch))
 
     def mapped() -> None:
-        scene.classify_scene(picture, predictor, batch_size=args.batch_size)
+        mapping.classify_scene(picture, predictor, batch_size=args.batch_size)
 
     forward()  # lazy set-up, untimed
     mapped()

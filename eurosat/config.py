@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import SettingError
+from .radiometry import CHOICES as RADIOMETRIES
 
 DEFAULT_DATASET = "timm/eurosat-rgb"
 DEFAULT_ARCH = "resnet50"
@@ -18,6 +19,9 @@ BUNDLED_MODEL = "models/eurosat-rgb-resnet18-cpu"
 
 # The environment variable that names the served model (the hosted Space sets it to the pushed ResNet-50).
 ENV_MODEL = "EUROSAT_MODEL"
+
+# Cell rows a scene is read at once: a 10 m Sentinel-2 granule's strip is then 512 rows, about 34 MB of uint16 RGB.
+WINDOW_ROWS = 8
 
 # Uploads with more pixels are refused from their header, before any pixel is decoded (bomb protection).
 MAX_PIXELS = 40_000_000
@@ -183,6 +187,42 @@ class SpaceConfig:
     secret_openai_key: bool = _arg(False, "also store this environment's OPENAI_API_KEY as the Space secret of that "
                                           "name, which turns on the GPT-4o tab for every visitor")
     private: bool = _arg(False, "create the Space as private")
+
+
+@dataclass
+class MapConfig:
+    """What `python -m eurosat.map` maps: a whole raster, window by window, with the app's model and settings.
+
+    Its arguments are generated from these fields and their help texts.
+    """
+
+    input: str = _arg("", "the raster to map: a georeferenced GeoTIFF or JPEG 2000 (3 bands, or 13 in EuroSAT's "
+                          "multispectral order), of any size", positional=True, metavar="INPUT")
+    output: str = _arg("", "the class map to write: a Cloud-Optimized GeoTIFF, one pixel per 640 m cell",
+                       positional=True, metavar="OUTPUT")
+    csv: str | None = _arg(None, "also write one row per cell to this CSV", metavar="CELLS.csv")
+    areas: str | None = _arg(None, "the per-class area table (CSV; default: OUTPUT's name with _areas.csv)",
+                             metavar="AREAS.csv")
+    model: str | None = _arg(None, f"checkpoint folder, or Hub id owner/name[@revision] (default: ${ENV_MODEL}, "
+                                   f"else the bundled {BUNDLED_MODEL})")
+    radiometry: str = _arg("auto", "how the values become true colour: decided from the file (auto), Sentinel-2 "
+                                   "L1C digital numbers (DN / 2750), DN with the +1000 offset of processing "
+                                   "baseline 04.00 and later, reflectance fractions, or 8-bit true colour",
+                           choices=list(RADIOMETRIES))
+    tta: bool | None = _arg(None, "average the 8 flips and right-angle rotations of each cell (default: as the "
+                                  "checkpoint's config.json says, as the app does)")
+    batch_size: int = _arg(64, "cells per forward pass")
+    backend: Literal["onnxruntime", "pytorch"] = _arg(
+        "onnxruntime", "what runs the forward passes, as in the app: ONNX Runtime on a graph exported here from the "
+                       "weights (PyTorch when that cannot be had, as the output then says), or PyTorch")
+    graph_cache: str | None = _arg(None, "folder for the exported ONNX graphs (default: the Hugging Face cache)",
+                                   metavar="DIR")
+    window_rows: int = _arg(WINDOW_ROWS, "cell rows read from the raster at once (8: strips of 512 rows of 10 m "
+                                         "pixels)")
+    device: str = _arg("cpu", "where the model runs; auto picks cuda when there is a GPU",
+                       choices=["auto", "cpu", "cuda"])
+    threads: int | None = _arg(None, "CPU threads (default: the usable CPUs)")
+    progress: bool = _arg(True, "show a progress bar with cells per second")
 
 
 def _flag_type(hint: Any) -> dict[str, Any]:

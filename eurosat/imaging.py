@@ -1,4 +1,4 @@
-"""Images from users: files decoded safely into 8-bit RGB (multispectral GeoTIFFs included), then tensors."""
+"""Images from users: files decoded safely into 8-bit RGB (rasters of digital numbers by rasterio), then tensors."""
 
 from __future__ import annotations
 
@@ -11,20 +11,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import MAX_PIXELS
 from .errors import UserError
-
-# The multispectral EuroSAT release: 13 Sentinel-2 bands in the order B01, B02, B03, B04, B05, B06, B07,
-# B08, B08A, B09, B10, B11, B12. True colour is B04 (red), B03 (green), B02 (blue).
-SENTINEL2_BANDS = 13
-SENTINEL2_RGB = (3, 2, 1)
-# EuroSAT's own map from L1C digital numbers (reflectance x 10000) to the grey levels of its RGB release:
-# `gdal_translate -scale 0 2750 1 255`, the same for every tile. See `reflectance_to_rgb` for the evidence.
-EUROSAT_DN_WHITE = 2750.0
-# The georeferencing tags a GeoTIFF scene keeps: ModelPixelScale, ModelTiepoint, ModelTransformation and
-# the GeoKey directory with its double and ASCII parameters.
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+from .radiometry import AUTO, check_choice
+from .raster import is_raster, probe, read_image
 
 _ORIENTATION = 274  # the EXIF and TIFF tag of a picture's stored rotation
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 
 
@@ -33,13 +23,14 @@ class ImageError(UserError, ValueError):
 
 
 def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
-               reduce_to: tuple[int, int] | None = None) -> Image.Image:
+               reduce_to: tuple[int, int] | None = None, radiometry: Any = AUTO) -> Image.Image:
     """Decode a user's file into an 8-bit RGB image, or raise ImageError with a message for the user.
 
     The size is read from the header and checked before any pixel is decoded. The first frame of
-    animations is used and EXIF orientation is applied. A TIFF with more than 8 bits per band and
-    several bands, or more than 4 bands, is read with tifffile: 13 bands are taken as Sentinel-2
-    (B04, B03, B02 as RGB), 3 bands as RGB, each scaled as EuroSAT's RGB release (`reflectance_to_rgb`).
+    animations is used and EXIF orientation is applied. A TIFF with several bands of more than 8 bits,
+    or more than 4 bands, and any JPEG 2000 file are read with rasterio (`raster.read_image`): 13 bands
+    are taken as Sentinel-2 (B04, B03, B02), 3 bands as RGB, and their values become true colour by
+    `radiometry` (`radiometry.decide`); how they were read is in `info["reading"]`.
 
     `reduce_to`, a model's input size (H, W), asks for no more pixels than `to_tensor` keeps for it:
     a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) whose sides stay at least twice
@@ -50,6 +41,7 @@ def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
     """
     if not path:
         raise ImageError("No image was given: upload a satellite tile (PNG or JPEG).")
+    choice = check_choice(radiometry)
     try:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -57,56 +49,24 @@ def open_image(path: str | os.PathLike | None, *, max_pixels: int = MAX_PIXELS,
         raise ImageError("The uploaded file could not be read: upload it again.") from None
     if not head:
         raise ImageError("The file is empty (0 bytes): upload a PNG or JPEG image.")
-    if head.startswith(_TIFF_MAGIC):
-        multiband = _read_multiband_tiff(path, max_pixels)
-        if multiband is not None:
-            small = multiband if reduce_to is None else shrink_keeping_shape(multiband, reduce_to)
-            return _with_source_size(small, multiband.size)
+    if is_raster(head):
+        found = probe(path)
+        # Pillow reads 8-bit grey, RGB, RGBA and palette TIFFs (with their photometric and compression variants)
+        # and 16-bit grey faithfully; it cannot show 13-band or 16-bit multi-band ones, nor JPEG 2000 here.
+        if found is not None and (found.kind != "TIFF" or not (found.count == 1 or (found.dtype == "uint8"
+                                                                                  and found.count <= 4))):
+            try:
+                rgb, reading = read_image(path, choice, max_pixels=max_pixels)
+            except UserError as e:  # the raster's own words, as the one error type of this module
+                raise ImageError(str(e)) from None
+            image = Image.fromarray(rgb)
+            small = image if reduce_to is None else shrink_keeping_shape(image, reduce_to)
+            small.info["reading"] = reading
+            return _with_source_size(small, image.size)
+    if choice not in (AUTO, "8bit"):
+        raise ImageError("This image is read as 8-bit true colour: the radiometry choices other than auto and "
+                              "8-bit apply to GeoTIFF and JPEG 2000 rasters of digital numbers or reflectance.")
     return _read_with_pillow(path, head, max_pixels, reduce_to)
-
-
-def open_georeferenced(path: str | os.PathLike | None, *,
-                       max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, dict[int, Any] | None]:
-    """The full-size RGB image of a file (as `open_image`) and its GeoTIFF georeferencing tags.
-
-    The tags are {tag code: value} for the codes in GEO_TAGS that the first page holds, or None when
-    the file is not a TIFF, holds no pixel-to-map transform (a tiepoint with a pixel scale, or a
-    transformation matrix), or is stored rotated (an EXIF orientation other than 1). Tags that cannot
-    be read count as absent: the pixels are still usable.
-    """
-    image = open_image(path, max_pixels=max_pixels)
-    return image, read_geotags(path)
-
-
-def read_geotags(path: str | os.PathLike) -> dict[int, Any] | None:
-    """The GEO_TAGS of a TIFF's first page, values as tuples of numbers (ASCII as str), or None (see above)."""
-    import tifffile
-
-    try:
-        with open(path, "rb") as f:
-            if not f.read(4).startswith(_TIFF_MAGIC):
-                return None
-        with tifffile.TiffFile(path) as tif:
-            page_tags = tif.pages.first.tags
-            # An EXIF rotation turns the decoded pixels, and the georeferencing would no longer match them.
-            if page_tags.valueof(_ORIENTATION, 1) != 1:
-                return None
-            geo = {code: _tag_value(code, page_tags[code].value) for code in GEO_TAGS if code in page_tags}
-    except Exception:  # damaged tags: tifffile and numpy raise many types
-        return None
-    tiepoints = geo.get(33922, ())
-    located = (len(geo.get(33550, ())) == 3 and len(tiepoints) >= 6 and len(tiepoints) % 6 == 0) \
-        or len(geo.get(34264, ())) == 16
-    return geo if located else None
-
-
-def _tag_value(code: int, value: Any) -> str | tuple:
-    if code == 34737:
-        if not isinstance(value, str):
-            raise ValueError("GeoAsciiParams is not text")
-        return value
-    kind = np.int64 if code == 34735 else np.float64
-    return tuple(np.asarray(value, dtype=kind).ravel().tolist())
 
 
 def _read_with_pillow(path: str | os.PathLike, head: bytes, max_pixels: int,
@@ -166,84 +126,6 @@ def _unreadable_message(head: bytes) -> str:
 def _reason(error: Exception) -> str:
     first_line = str(error).splitlines()[0] if str(error) else ""
     return first_line[:200] or type(error).__name__
-
-
-def _read_multiband_tiff(path: str | os.PathLike, max_pixels: int) -> Image.Image | None:
-    """The RGB view of a TIFF that Pillow cannot show faithfully, or None to let Pillow read it.
-
-    Pillow reads 8-bit grey, RGB, RGBA and palette TIFFs (with their photometric and compression
-    variants) and 16-bit grey, but not 13-band or 16-bit multi-band ones. Only the first page is read.
-    """
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            # int(): damaged tags can hold several values, which tifffile passes on as tuples.
-            shape, axes, dtype = tuple(int(n) for n in page.shape), str(page.axes), page.dtype
-            compression = getattr(page.compression, "name", str(page.compression))
-    except Exception:  # not a TIFF tifffile understands: Pillow tries it and words its own error
-        return None
-    if len(shape) == 2:
-        return None
-    if len(shape) != 3 or axes not in ("YXS", "SYX"):
-        raise ImageError(f"This TIFF holds a {'x'.join(map(str, shape))} ({axes}) array, not one image: "
-                         "upload a single RGB tile or a 13-band Sentinel-2 GeoTIFF.")
-    bands = shape[axes.index("S")]
-    height, width = (shape[0], shape[1]) if axes == "YXS" else (shape[1], shape[2])
-    if height < 1 or width < 1:
-        raise ImageError(f"The TIFF is {width}x{height} pixels: it has no pixels to classify.")
-    if bands <= 4 and dtype == np.uint8:
-        return None
-    if dtype is None or dtype.kind not in "uif":
-        raise ImageError("This TIFF's samples are not integers or real numbers: upload an RGB image instead.")
-    if bands not in (3, SENTINEL2_BANDS):
-        raise ImageError(
-            f"This TIFF has {bands} bands of {dtype.name}; the model needs RGB. Upload a PNG or JPEG, a 3-band "
-            f"RGB TIFF, or a 13-band Sentinel-2 GeoTIFF from EuroSAT's multispectral release (B01 to B12 "
-            f"with B08A, in that order).")
-    if height * width > max_pixels or height * width * bands * dtype.itemsize > 4 * max_pixels:
-        raise ImageError(f"The TIFF is {width}x{height} pixels with {bands} bands of {dtype.name}, too large "
-                         "to decode safely: a EuroSAT tile is 64x64, so crop it first.")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            data = tif.pages.first.asarray(maxworkers=1)
-        if data.shape != shape:
-            raise ValueError(f"decoded {data.shape}, header says {shape}")
-    except Exception:
-        raise ImageError(f"This TIFF could not be decoded ({compression} compression): it is damaged or uses "
-                         "a compression this app cannot read. Save it uncompressed or with Deflate.") from None
-    cube = np.moveaxis(data, -1, 0) if axes == "YXS" else data
-    picked = cube[list(SENTINEL2_RGB)] if bands == SENTINEL2_BANDS else cube
-    if dtype.kind == "f" and picked[np.isfinite(picked)].max(initial=0.0) <= 2.0:
-        picked = picked * 10000.0  # reflectance stored as a fraction, not as digital numbers
-    return Image.fromarray(np.ascontiguousarray(np.moveaxis(reflectance_to_rgb(picked), 0, -1)))
-
-
-def reflectance_to_rgb(bands: np.ndarray) -> np.ndarray:
-    """Sentinel-2 L1C digital numbers (C, H, W) of any numeric type -> uint8, as EuroSAT's RGB release made them.
-
-    One fixed linear map for every image, so a dark, even forest stays dark and a lake stays a lake:
-    grey = round(1 + 254 * DN / 2750), clipped to 1..255; DN <= 0 (Sentinel-2's no-data) and
-    non-finite samples become 0, the black of no-data elsewhere in this module.
-
-    Where the constant comes from: the EuroSAT paper does not give it. The maintainer's description,
-    relayed in jensleitloff/CNN-Sentinel issue #1 (2019), is to clip the digital numbers from 0..2750
-    to 1..255, leaving 0 for no-data: `gdal_translate -ot Byte -a_nodata 0 -scale 0 2750 1 255
-    -b 4 -b 3 -b 2`; in phelber/EuroSAT issue #6 (2023) the maintainer answered that the README now
-    documents it. It was checked against the data, as no multispectral tiles are at hand:
-    applied to the per-band means of the multispectral release (torchgeo's EuroSATDataModule: B04
-    947.6, B03 1042.9, B02 1118.2), it predicts RGB channel means of 88.5, 97.3 and 104.3; the 27,000
-    JPEGs of the RGB release measure 87.8, 97.0 and 104.0, slightly lower as expected where the map
-    clips digital numbers above 2750. The gains implied by the means lie within 1% of 254/2750.
-    Remaining uncertainty: GDAL's rounding (half a grey level), the JPEG coding of the release (about
-    one level), and L1C products of processing baseline 04.00 and later (from 2022), whose digital
-    numbers carry a +1000 offset that must be subtracted before this map applies.
-    """
-    values = bands.astype(np.float64)
-    valid = np.isfinite(values) & (values > 0)
-    grey = np.clip(np.round(1.0 + values * (254.0 / EUROSAT_DN_WHITE)), 1, 255)
-    return np.where(valid, grey, 0).astype(np.uint8)
 
 
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}

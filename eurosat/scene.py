@@ -6,6 +6,8 @@ half a cell wide (or tall) is classified from the CELL-pixel window aligned with
 which overlaps its neighbour, and stands for the remainder only: it is drawn there, and its area
 counts that part alone. A narrower remainder is a sliver left unclassified: no CSV row, no colour,
 no area, and no data (NO_DATA) in the GeoTIFF, whose grid of one pixel per cell covers the image.
+Cells whose window holds pixels without data (a georeferenced raster's nodata) are skipped the same way.
+Classifying lives in `mapping`; this module holds the grid, the results and their outputs.
 """
 
 from __future__ import annotations
@@ -16,23 +18,24 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from PIL import Image
 
 from .errors import UserError
 from .fileio import atomic_write
 
 if TYPE_CHECKING:
-    from .inference import Predictor
+    from .radiometry import Reading
+    from .raster import Georef
 
 CELL = 64  # pixels per cell side at the model's resolution: one EuroSAT tile
 MODEL_MPP = 10.0  # metres per pixel of EuroSAT tiles (Sentinel-2's 10 m bands)
 MPP_RANGE = (0.1, 100.0)
 MAX_CELLS = 4096
 NO_DATA = 255
+# The command that maps rasters of any size, named where the app's limit stops a scene.
+MAP_COMMAND = "python -m eurosat.map INPUT.tif OUTPUT.tif"
 
 # One fixed colour per EuroSAT class, read as on a land-cover map: water blue (the sea darker than the
 # river), vegetation green from dark forest to pale herbaceous, crops yellow and brown, built-up red,
@@ -55,7 +58,6 @@ FALLBACK_COLOURS = ("#cc6677", "#332288", "#ddcc77", "#117733", "#88ccee", "#882
 # Uncertain cells are hatched with white diagonal stripes; grid lines are the cell's own colour, darker.
 _HATCH = np.add.outer(np.arange(CELL), np.arange(CELL)) % 8 < 2
 _GRID_SHADE = 0.6
-_TAG_TYPES = {33550: "d", 33922: "d", 34264: "d", 34735: "H", 34736: "d", 34737: "s"}
 
 
 class SceneError(UserError, ValueError):
@@ -65,7 +67,8 @@ class SceneError(UserError, ValueError):
 @dataclass(frozen=True)
 class Cell:
     """One classified cell. x, y: the top-left pixel of its window in the uploaded image. width,
-    height: the pixels of its grid square that it stands for, at the model's resolution."""
+    height: the pixels of its grid square that it stands for, at the model's resolution; area_km2: their
+    ground area (from the file's georeferencing when it has one, else at MODEL_MPP)."""
 
     row: int
     col: int
@@ -77,29 +80,54 @@ class Cell:
     uncertain: bool
     width: int
     height: int
+    area_km2: float
 
 
 @dataclass(frozen=True)
 class Scene:
-    """A classified scene: the image at the model's resolution, its grid, and the georeferencing it came with."""
+    """A classified scene: its grid and cells, how the file was read, and the image at the model's resolution."""
 
-    image: np.ndarray  # (H, W, 3) uint8 at MODEL_MPP
+    image: np.ndarray | None  # (H, W, 3) uint8 at MODEL_MPP; None when not kept (the command)
     source_size: tuple[int, int]  # (width, height) of the uploaded image
+    size: tuple[int, int]  # (width, height) at MODEL_MPP
     grid: tuple[int, int]  # (rows, cols), slivers included
     cells: tuple[Cell, ...]
     label_names: tuple[str, ...]
-    geo: dict[int, Any] | None = None
+    mpp: tuple[float, float]  # metres per pixel of the uploaded image along x and y
+    georef: Georef | None = None  # of the uploaded image's pixels
+    reading: Reading | None = None  # how its values became true colour; None for a plain 8-bit image
+    skipped: int = 0  # cells left out because their window holds pixels without data
 
     @property
     def cell_size(self) -> tuple[float, float]:
         """Uploaded-image pixels per cell side, along x and y."""
-        return (CELL * self.source_size[0] / self.image.shape[1], CELL * self.source_size[1] / self.image.shape[0])
+        return CELL * self.source_size[0] / self.size[0], CELL * self.source_size[1] / self.size[1]
+
+    @property
+    def cell_georef(self) -> Georef | None:
+        """The georeferencing of the cell grid: one pixel per cell, from the image's top-left corner."""
+        return None if self.georef is None else self.georef.scaled(*self.cell_size)
+
+
+def describe(scene: Scene) -> str:
+    """One line on how the scene was read: its ground resolution and where it came from, the radiometry, the
+    skipped cells."""
+    mx, my = scene.mpp
+    resolution = f"{mx:.3g} m" if math.isclose(mx, my, rel_tol=1e-3) else f"{mx:.3g} x {my:.3g} m"
+    where = (f"read from the file ({scene.georef.describe()})" if scene.georef is not None
+             else "as given (the image carries no georeferencing)")
+    parts = [f"Ground resolution {resolution} per pixel, {where}"]
+    if scene.reading is not None:
+        parts.append(scene.reading.sentence())
+    if scene.skipped:
+        parts.append(f"{scene.skipped:,} cell{'s' if scene.skipped != 1 else ''} without data skipped")
+    return "; ".join(parts) + "."
 
 
 def check_mpp(mpp: Any) -> float:
     """The ground resolution in metres per pixel as a float, or SceneError saying what is accepted."""
     low, high = MPP_RANGE
-    value = _number(mpp)
+    value = number(mpp)
     if not low <= value <= high:  # NaN fails too
         raise SceneError(f"The ground resolution must be a number of metres per pixel between {low:g} and "
                          f"{high:g} (Sentinel-2 and EuroSAT: 10); got {mpp!r}.")
@@ -115,75 +143,40 @@ def axis_windows(length: int) -> list[tuple[int, int]]:
     return windows
 
 
-def plan(width: int, height: int, mpp: float) -> tuple[tuple[int, int], list, list]:
-    """The (width, height) at the model's resolution and the x and y windows, checked before any resampling."""
-    size = (round(width * mpp / MODEL_MPP), round(height * mpp / MODEL_MPP))
+def plan(width: int, height: int, mpp: tuple[float, float], max_cells: int | None = MAX_CELLS
+         ) -> tuple[tuple[int, int], list, list]:
+    """The (width, height) at the model's resolution and the x and y windows, checked before any pixel is read.
+
+    `mpp` is the image's metres per pixel along x and y; `max_cells` None means no limit (the command).
+    """
+    size = (round(width * mpp[0] / MODEL_MPP), round(height * mpp[1] / MODEL_MPP))
+    shown = f"{mpp[0]:g}" if mpp[0] == mpp[1] else f"{mpp[0]:g} x {mpp[1]:g}"
     if min(size) < CELL:
-        raise SceneError(f"At {mpp:g} m per pixel this {width}x{height} image covers {size[0]}x{size[1]} pixels "
+        raise SceneError(f"At {shown} m per pixel this {width}x{height} image covers {size[0]}x{size[1]} pixels "
                          f"of {MODEL_MPP:g} m, less than one {CELL}x{CELL} cell ({CELL * MODEL_MPP:g} m): "
                          "classify it as a single tile instead.")
     xs, ys = axis_windows(size[0]), axis_windows(size[1])
-    if len(xs) * len(ys) > MAX_CELLS:
+    if max_cells is not None and len(xs) * len(ys) > max_cells:
         raise SceneError(f"This scene has {len(xs) * len(ys):,} cells of {CELL * MODEL_MPP:g} m, over the limit "
-                         f"of {MAX_CELLS:,}: crop it to a smaller area, or check the metres per pixel.")
+                         f"of {max_cells:,}: crop it to a smaller area, check the metres per pixel, or map it "
+                         f"whole from the command line with `{MAP_COMMAND}`, which reads it window by window.")
     return size, xs, ys
 
 
-def classify_scene(image: Image.Image | np.ndarray, predictor: Predictor, *, mpp: Any = MODEL_MPP,
-                   uncertain_below: float = 0.5, batch_size: int = 64,
-                   progress: Callable[[int, int], None] | None = None, geo: dict[int, Any] | None = None) -> Scene:
-    """Classify every cell of an RGB image (PIL, or uint8 (H, W, 3)) taken at `mpp` metres per pixel.
-
-    The image is resampled to MODEL_MPP first (area averaging when shrinking, bicubic when
-    enlarging), then cut by the edge rule of this module. All cells go to `predictor.classify` as
-    one uint8 batch, so a cell's answer equals the single-tile answer for its 64x64 pixels.
-    Cells whose top probability is below `uncertain_below` are flagged uncertain. `geo` (from
-    `imaging.open_georeferenced`) is kept for `write_scene`.
-    """
-    if isinstance(image, Image.Image):
-        image = image if image.mode == "RGB" else image.convert("RGB")
-    rgb = np.asarray(image)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise SceneError("A scene must be an 8-bit RGB image.")
-    threshold = _fraction(uncertain_below, "The uncertainty threshold")
-    height, width = rgb.shape[:2]
-    size, xs, ys = plan(width, height, check_mpp(mpp))
-    scaled = _resample(rgb, size)
-    windows = [(r, c, top, left, h, w) for r, (top, h) in enumerate(ys) for c, (left, w) in enumerate(xs)]
-    tiles = np.stack([scaled[top:top + CELL, left:left + CELL] for _, _, top, left, _, _ in windows])
-    probs = predictor.classify(torch.from_numpy(tiles).permute(0, 3, 1, 2), batch_size=batch_size,
-                               progress=progress).double().numpy()
-    names = tuple(predictor.label_names)
-    fx, fy = width / size[0], height / size[1]
-    cells = tuple(
-        Cell(row=r, col=c, x=round(left * fx), y=round(top * fy), label=names[int(p.argmax())],
-             probability=float(p.max()), probabilities=tuple(p.tolist()), uncertain=bool(p.max() < threshold),
-             width=w, height=h)
-        for (r, c, top, left, h, w), p in zip(windows, probs))
-    grid = (math.ceil(size[1] / CELL), math.ceil(size[0] / CELL))
-    return Scene(image=scaled, source_size=(width, height), grid=grid, cells=cells, label_names=names, geo=geo)
-
-
-def _number(value: Any) -> float:
+def number(value: Any) -> float:
+    """`value` as a float, NaN when it is not a number."""
     try:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
 
 
-def _fraction(value: Any, name: str) -> float:
-    number = _number(value)
-    if not 0.0 <= number <= 1.0:  # NaN fails too
+def fraction(value: Any, name: str) -> float:
+    """A number from 0 to 1, or SceneError naming `name`."""
+    result = number(value)
+    if not 0.0 <= result <= 1.0:  # NaN fails too
         raise SceneError(f"{name} must be a number from 0 to 1; got {value!r}.")
-    return number
-
-
-def _resample(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if size == (rgb.shape[1], rgb.shape[0]):
-        return rgb
-    shrinking = size[0] * size[1] < rgb.shape[0] * rgb.shape[1]
-    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(rgb).resize(size, method))
+    return result
 
 
 def class_colours(label_names: Sequence[str]) -> dict[str, tuple[int, int, int]]:
@@ -205,7 +198,7 @@ def draw_map(scene: Scene, opacity: float = 0.5) -> np.ndarray:
     colours), its top and left edges a darker shade as grid lines, uncertain cells hatched white.
     Slivers stay as they are.
     """
-    alpha = _fraction(opacity, "The opacity")
+    alpha = fraction(opacity, "The opacity")
     colours = class_colours(scene.label_names)
     out = scene.image.copy()
     for cell in scene.cells:
@@ -224,17 +217,17 @@ def draw_map(scene: Scene, opacity: float = 0.5) -> np.ndarray:
 def summary(scene: Scene) -> list[dict[str, Any]]:
     """Per class: cells, share of the classified area (%) and km², largest area first.
 
-    Areas count the pixels each cell stands for at MODEL_MPP: (64 x 10 m)² = 0.4096 km² for a whole
-    cell, the non-overlapping part for an edge cell.
+    Areas are each cell's own: (64 x 10 m)² = 0.4096 km² for a whole cell of a 10 m grid, the
+    non-overlapping part for an edge cell, and the geodesic area of its footprint for a raster in degrees.
     """
-    total = sum(c.width * c.height for c in scene.cells)
-    pixels: dict[str, int] = {}
+    total = sum(c.area_km2 for c in scene.cells)
+    areas: dict[str, float] = {}
     counts: dict[str, int] = {}
     for cell in scene.cells:
-        pixels[cell.label] = pixels.get(cell.label, 0) + cell.width * cell.height
+        areas[cell.label] = areas.get(cell.label, 0.0) + cell.area_km2
         counts[cell.label] = counts.get(cell.label, 0) + 1
-    rows = [{"class": name, "cells": counts[name], "share_percent": round(100.0 * px / total, 1),
-             "area_km2": round(px * MODEL_MPP ** 2 / 1e6, 4)} for name, px in pixels.items()]
+    rows = [{"class": name, "cells": counts[name], "share_percent": round(100.0 * km2 / total, 1),
+             "area_km2": round(km2, 4)} for name, km2 in areas.items()]
     return sorted(rows, key=lambda row: (-row["area_km2"], row["class"]))
 
 
@@ -260,50 +253,39 @@ def class_raster(scene: Scene) -> np.ndarray:
     return raster
 
 
-def raster_geotags(geo: dict[int, Any], cell_size: tuple[float, float]) -> dict[int, Any]:
-    """The georeferencing of a raster with one pixel per `cell_size` input pixels, from the input's tags.
-
-    The CRS tags are copied as they are; the pixel scale grows by the cell size, and the tiepoint (or
-    the transformation matrix) keeps the image's top-left corner in place. With PixelIsPoint the
-    raster's pixel centres are the cells' centres.
-    """
-    cx, cy = cell_size
-    keys = geo.get(34735, ())
-    point = any(keys[i:i + 4] == (1025, 0, 1, 2) for i in range(4, len(keys) - 3, 4))
-    dx, dy = ((cx - 1) / 2, (cy - 1) / 2) if point else (0.0, 0.0)  # input pixel under the new (0, 0)
-    tags = {code: value for code, value in geo.items() if code in (34735, 34736, 34737)}
-    if 34264 in geo:
-        m = np.array(geo[34264], dtype=np.float64).reshape(4, 4)
-        m[:, 3] += m[:, 0] * dx + m[:, 1] * dy
-        m[:, 0] *= cx
-        m[:, 1] *= cy
-        tags[34264] = tuple(m.ravel().tolist())
-    else:
-        sx, sy, sz = geo[33550]
-        i, j, k, x, y, z = geo[33922][:6]
-        tags[33550] = (sx * cx, sy * cy, sz)
-        tags[33922] = (0.0, 0.0, k, x + (dx - i) * sx, y - (dy - j) * sy, z)
-    return tags
-
-
 def write_scene(scene: Scene, folder: str | Path, *, stem: str = "scene") -> dict[str, Path]:
-    """Write the cells (CSV) and, for a georeferenced scene, the class raster (GeoTIFF).
+    """Write the cells (CSV) and, for a georeferenced scene, the class map (a Cloud-Optimized GeoTIFF).
 
-    Each file is written atomically as <stem>_cells.csv and <stem>_classes.tif;
-    characters of `stem` other than letters, digits, '.', '-' and '_' become '_'. The GeoTIFF is
-    uint8 class indices (label order, NO_DATA for slivers) on the cell grid. Returns the paths by kind.
+    Each file is written atomically as <stem>_cells.csv and <stem>_classes.tif; characters of `stem` other
+    than letters, digits, '.', '-' and '_' become '_'. Returns the paths by kind.
     """
-    import tifffile
-
-    folder = Path(folder)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "scene"
+    folder, stem = Path(folder), safe_stem(stem)
     paths = {"csv": atomic_write(folder / f"{stem}_cells.csv", lambda f: f.write(cells_csv(scene)), mode="w")}
-    if scene.geo:
-        raster = class_raster(scene)
-        tags = raster_geotags(scene.geo, scene.cell_size)
-        extratags = [(code, _TAG_TYPES[code], 0 if code == 34737 else len(value),
-                      value.encode("utf-8") if code == 34737 else value, True)
-                     for code, value in sorted(tags.items())]
-        paths["geotiff"] = atomic_write(folder / f"{stem}_classes.tif", lambda f: tifffile.imwrite(
-            f, raster, photometric="minisblack", extratags=extratags))
+    if scene.georef is not None:
+        paths["geotiff"] = write_classes(scene, folder / f"{stem}_classes.tif")
     return paths
+
+
+def safe_stem(stem: str, default: str = "scene") -> str:
+    """A file stem of letters, digits, '.', '-' and '_' only: any other run of characters becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or default
+
+
+def write_classes(scene: Scene, path: str | Path) -> Path:
+    """The class map as a COG: uint8 class indices on the cell grid, NO_DATA where nothing was classified, the
+    image's CRS, the class colours as its colour table and the class names in its tags."""
+    from .raster import write_cog
+
+    colours = class_colours(scene.label_names)
+    return write_cog(path, class_raster(scene), scene.cell_georef, nodata=NO_DATA, description="land-cover class",
+                     colormap={i: (*colours[name], 255) for i, name in enumerate(scene.label_names)},
+                     tags={f"CLASS_{i}": name for i, name in enumerate(scene.label_names)})
+
+
+def areas_csv(scene: Scene) -> str:
+    """The per-class table of `summary` as CSV: class,cells,share_percent,area_km2."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, ["class", "cells", "share_percent", "area_km2"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(summary(scene))
+    return text.getvalue()

@@ -140,8 +140,10 @@ DN_WHITE, GREY_SPAN = 2750, 254
 
 
 def digital_numbers(rgb: np.ndarray) -> np.ndarray:
-    """The inverse of that scaling: the digital numbers whose EuroSAT RGB is `rgb` (grey 0 becomes no-data 0)."""
-    return np.clip(np.round((rgb.astype(np.float64) - 1) * DN_WHITE / GREY_SPAN), 0, None)
+    """The inverse of that scaling: the digital numbers whose EuroSAT RGB is `rgb`. Grey 0 becomes no-data 0;
+    every other grey level a valid number, at least 1, as in a real product."""
+    dn = np.maximum(np.round((rgb.astype(np.float64) - 1) * DN_WHITE / GREY_SPAN), 1)
+    return np.where(rgb > 0, dn, 0)
 
 
 def sentinel2_cube(rgb: np.ndarray | None = None, *, cloud: bool = True, seed: int = 0) -> np.ndarray:
@@ -165,69 +167,57 @@ def sentinel2_cube(rgb: np.ndarray | None = None, *, cloud: bool = True, seed: i
     return np.clip(np.round(cube), 0, 65535).astype(np.uint16)
 
 
+def tiff(cube: np.ndarray, *, crs: str | None = None, transform=None, interleave: str = "pixel",
+         compress: str | None = None, nodata: float | None = None, tags: dict | None = None,
+         descriptions: list[str] | None = None) -> bytes:
+    """A one-page (Geo)TIFF of a (C, H, W) cube written by rasterio: georeferenced when `crs` and `transform`
+    are given, 3-band uint8 as RGB."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    count, height, width = cube.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=cube.dtype.name,
+                   interleave=interleave, **({"crs": crs, "transform": transform} if crs else {}),
+                   **({"compress": compress} if compress else {}), **({"nodata": nodata} if nodata is not None else {}),
+                   **({"photometric": "RGB"} if count == 3 and cube.dtype == np.uint8 else {}))
+    with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as memory:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with memory.open(**profile) as dataset:
+            dataset.write(cube)
+            if tags:
+                dataset.update_tags(**tags)
+            for band, name in enumerate(descriptions or [], start=1):
+                dataset.set_band_description(band, name)
+        return memory.read()
+
+
 def sentinel2_tiff(layout: str = "interleaved", compression: str | None = None,
                    cube: np.ndarray | None = None) -> bytes:
-    """A cube (default `sentinel2_cube()`) as a one-page TIFF, (H, W, 13) pixel-interleaved like the release,
-    or (13, H, W) planar."""
-    import tifffile
-
+    """A cube (default `sentinel2_cube()`) as a one-page TIFF, pixel-interleaved like the release, or planar."""
     cube = sentinel2_cube() if cube is None else cube
-    buffer = io.BytesIO()
-    if layout == "interleaved":
-        tifffile.imwrite(buffer, np.moveaxis(cube, 0, -1), photometric="minisblack", planarconfig="contig",
-                         compression=compression)
-    else:
-        tifffile.imwrite(buffer, cube, photometric="minisblack", planarconfig="separate", compression=compression)
-    return buffer.getvalue()
+    return tiff(cube, interleave="pixel" if layout == "interleaved" else "band", compress=compression)
 
 
-# A GeoKey directory for WGS 84 / UTM zone 32N: version header, then (key, location, count, value) entries.
-# The citation lives in GeoAsciiParams (34737) and the semi-major axis in GeoDoubleParams (34736).
-UTM32N_CITATION = "WGS 84 / UTM zone 32N|"
-
-
-def geokeys(pixel_is_point: bool = False) -> tuple[int, ...]:
-    return (1, 1, 0, 5,
-            1024, 0, 1, 1,                                  # GTModelType: projected
-            1025, 0, 1, 2 if pixel_is_point else 1,         # GTRasterType: PixelIsPoint or PixelIsArea
-            1026, 34737, len(UTM32N_CITATION), 0,           # GTCitation
-            2057, 34736, 1, 0,                              # GeogSemiMajorAxis
-            3072, 0, 1, 32632)                              # ProjectedCSType: EPSG 32632
+UTM32N = "EPSG:32632"
+ORIGIN = (500000.0, 5700000.0)  # a corner in UTM zone 32N, in Germany
 
 
 def geotiff(pixels: np.ndarray, *, scale: tuple[float, float] = (10.0, 10.0),
-            origin: tuple[float, float] = (500000.0, 5700000.0), matrix: tuple[float, ...] | None = None,
-            pixel_is_point: bool = False, orientation: int | None = None) -> bytes:
-    """A one-page GeoTIFF of `pixels` ((H, W, 3) uint8 RGB, or a (13, H, W) cube stored interleaved).
+            origin: tuple[float, float] = ORIGIN, crs: str = UTM32N, **options) -> bytes:
+    """A GeoTIFF of `pixels` ((H, W, 3) uint8 RGB, or a (C, H, W) cube) with its top-left corner at `origin` and
+    pixels of `scale` CRS units."""
+    from rasterio.transform import from_origin
 
-    Georeferenced by a tiepoint at the top-left pixel with a pixel scale, or by a 4x4 `matrix`.
-    """
-    import tifffile
-
-    tags = [(34735, "H", len(geokeys()), geokeys(pixel_is_point), True),
-            (34736, "d", 1, (6378137.0,), True),
-            (34737, "s", 0, UTM32N_CITATION, True)]
-    if matrix is None:
-        tags += [(33550, "d", 3, (*scale, 0.0), True), (33922, "d", 6, (0.0, 0.0, 0.0, *origin, 0.0), True)]
-    else:
-        tags.append((34264, "d", 16, matrix, True))
-    if orientation is not None:
-        tags.append((274, "H", 1, orientation, True))
-    cube = pixels.ndim == 3 and pixels.shape[0] == 13
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, np.moveaxis(pixels, 0, -1) if cube else pixels,
-                     photometric="minisblack" if cube else "rgb", planarconfig="contig", extratags=tags)
-    return buffer.getvalue()
+    cube = np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 and pixels.shape[-1] == 3 else pixels
+    return tiff(np.ascontiguousarray(cube), crs=crs, transform=from_origin(*origin, *scale), **options)
 
 
 def multiband_tiff(bands: int, dtype=np.uint16) -> bytes:
-    import tifffile
-
     rng = np.random.default_rng(bands)
-    cube = rng.integers(100, 4000, (32, 32, bands)).astype(dtype)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, cube, photometric="rgb" if bands == 3 else "minisblack", planarconfig="contig")
-    return buffer.getvalue()
+    return tiff(rng.integers(100, 4000, (bands, 32, 32)).astype(dtype))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The app as people run it: `python app.py` and its flags, and the three endpoints through gradio_client."""
 
+import csv
 import dataclasses
 import json
 import os
@@ -12,7 +13,6 @@ import urllib.request
 import gradio as gr
 import numpy as np
 import pytest
-import tifffile
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -135,8 +135,9 @@ def test_readme_snippets(client, predictor, fake_llm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(REPO / "examples", "examples")
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path("examples").glob("*.jpg"))]
-    tifffile.imwrite("scene.tif", np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)]),
-                     photometric="rgb")
+    Image.fromarray(np.concatenate([np.concatenate(tiles[i:i + 5], axis=1) for i in (0, 5)])).save("scene.tif")
+    Image.open("scene.tif").save("2018.tif")
+    Image.fromarray(np.concatenate([np.concatenate(tiles[i:i + 5][::-1], axis=1) for i in (0, 5)])).save("2024.tif")
     shutil.copy("examples/River.jpg", "a.png")
     with zipfile.ZipFile("tiles.zip", "w") as archive:
         archive.write("examples/Forest.jpg", "tiles/forest.jpg")
@@ -171,9 +172,21 @@ def test_readme_snippets(client, predictor, fake_llm, tmp_path, monkeypatch):
     opinion = llm.SecondOpinion("Forest", 0.8, "Dense canopy.", "gpt-4o")
     assert markdown == llm.format_comparison(opinion, label, probability)
 
-    scene_map, table, cells_csv, geotiff = client.predict(handle_file("scene.tif"), api_name="/scene")
-    assert Image.open(scene_map).size == (320, 128) and geotiff is None
+    scene_map, table, cells_csv, geotiff, how = client.predict(handle_file("scene.tif"), api_name="/scene")
+    assert Image.open(scene_map).size == (320, 128) and geotiff is None and "carries no georeferencing" in how
     assert sum(row[1] for row in table["data"]) == 10 and len(open(cells_csv).read().splitlines()) == 11
+
+    change_map, maps, matrix, table, sankey, summary, cells_csv, matrix_csv, codes = client.predict(
+        handle_file("2018.tif"), handle_file("2024.tif"), api_name="/change")
+    assert Image.open(change_map).size == (320, 128) and len(maps) == 2 and codes is None
+    rows = list(csv.DictReader(open(cells_csv)))
+    assert len(rows) == 10 and {r["status"] for r in rows} <= {"unchanged", "changed", "possible"}
+    # Each row of tiles reversed: the middle tile stays, so it can never count as changed.
+    assert all(r["before"] != r["after"] for r in rows if r["status"] == "changed")
+    assert all(r["status"] != "changed" and r["before"] == r["after"] for r in rows if r["col"] == "2")
+    assert "possible change" in summary
+    assert sum(int(r["cells"]) for r in csv.DictReader(open(matrix_csv))) == sum(r["status"] != "possible"
+                                                                                   for r in rows)
 
     table, results_csv = client.predict([handle_file("a.png"), handle_file("tiles.zip")], api_name="/batch")
     assert sorted(row[0] for row in table["data"]) == ["a.png", "tiles/forest.jpg", "tiles/more/sealake.jpg"]
@@ -289,12 +302,11 @@ def mosaic(tiles: list[np.ndarray], columns: int) -> np.ndarray:
 
 
 def test_scene_needs_only_the_image_and_matches_predict_cell_by_cell(client, predictor, tmp_path):
-    import csv
 
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((REPO / "examples").glob("*.jpg"))[:6]]
     path = tmp_path / "mosaic.png"
     Image.fromarray(mosaic(tiles, 3)).save(path)
-    picture, table, cells_csv, geotiff = client.predict(handle_file(str(path)), api_name="/scene")
+    picture, table, cells_csv, geotiff, _ = client.predict(handle_file(str(path)), api_name="/scene")
     assert Image.open(picture).size == (192, 128) and geotiff is None
     rows = list(csv.DictReader(open(cells_csv)))
     assert [(int(r["x"]), int(r["y"])) for r in rows] == [(64 * (i % 3), 64 * (i // 3)) for i in range(6)]
@@ -306,7 +318,6 @@ def test_scene_needs_only_the_image_and_matches_predict_cell_by_cell(client, pre
 
 
 def test_batch_labels_every_file_by_its_own_name(client, predictor, tmp_path):
-    import csv
 
     files = sorted((REPO / "examples").glob("*.jpg"))[:4]
     text = tmp_path / "notes.png"

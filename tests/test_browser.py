@@ -1,4 +1,4 @@
-"""The real page in Debian's Chromium through Playwright: an example, its label, its heatmap, the GPT-4o tab."""
+"""The real page in Debian's Chromium through Playwright: an example, its label, its heatmap, GPT-4o, scenes, change."""
 
 import importlib.util
 import io
@@ -165,21 +165,52 @@ def test_page_end_to_end(trained_run, tmp_path, screenshots):
                 expect(page.locator("#scene-csv a").first).to_have_attribute("href", re.compile(r"mosaic_cells\.csv$"))
                 page.screenshot(path=screenshots / "6-scene.png", full_page=True)
 
-                # 7. The Batch tab lists many tiles, the least confident first.
+                # 7. The Change tab compares the mosaic with itself, each row of tiles reversed: the map over the after
+                # image, the before/after slider, the from→to matrix and the Sankey diagram.
+                after = np.concatenate([np.concatenate(tiles[i:i + 5][::-1], axis=1) for i in (0, 5)], axis=0)
+                Image.fromarray(after).save(tmp_path / "mosaic-2024.png")
+                page.get_by_role("tab", name="Change").click()
+                page.locator("#change-before input[type=file]").set_input_files(str(tmp_path / "mosaic.png"))
+                page.locator("#change-after input[type=file]").set_input_files(str(tmp_path / "mosaic-2024.png"))
+                page.locator("#change-before-date textarea").fill("2018")
+                page.locator("#change-after-date textarea").fill("2024")
+                page.locator("#change-run").click()
+                page.wait_for_function("() => document.querySelector('#change-map img')?.naturalWidth === 320")
+                expect(page.locator("#change-summary")).to_contain_text("possible change")
+                expect(page.locator("#change-summary")).to_contain_text(f"Both dates classified by {trained_run.name}")
+                expect(page.locator("#change-slider img")).to_have_count(2)
+                expect(page.locator("#change-matrix")).to_contain_text("before \\ after")
+                expect(page.locator("#change-sankey g.sankey-node").first).to_be_visible()
+                nodes = page.locator("#change-sankey g.sankey-node").all_text_contents()  # SVG has no innerText
+                assert any("(2018)" in n for n in nodes) and any("(2024)" in n for n in nodes), nodes
+                expect(page.locator("#change-cells a").first).to_have_attribute(
+                    "href", re.compile(r"mosaic_to_mosaic-2024_cells\.csv$"))
+                page.screenshot(path=screenshots / "7-change.png", full_page=True)
+                slider = page.locator("#change-slider")
+                slider.scroll_into_view_if_needed()
+                box = slider.bounding_box()
+                page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)  # more of the after map
+                slider.screenshot(path=screenshots / "7-change-slider.png")
+                page.locator("#change-map").screenshot(path=screenshots / "7-change-map.png")
+                page.locator("#change-matrix").screenshot(path=screenshots / "7-change-matrix.png")
+                page.locator("#change-sankey").screenshot(path=screenshots / "7-change-sankey.png")
+
+                # 8. The Batch tab lists many tiles, the least confident first.
                 page.get_by_role("tab", name="Batch").click()
                 page.locator("#batch-input input[type=file]").set_input_files(
                     [str(p) for p in sorted((REPO / "examples").glob("*.jpg"))])
                 page.locator("#batch-run").click()
                 expect(page.locator("#batch-table")).to_contain_text("Forest.jpg")
                 expect(page.locator("#batch-csv a").first).to_have_attribute("href", re.compile(r"batch_results\.csv$"))
-                page.screenshot(path=screenshots / "7-batch.png", full_page=True)
+                page.screenshot(path=screenshots / "8-batch.png", full_page=True)
             finally:
                 browser.close()
     finally:
         llm.stop()
 
     assert sorted(p.name for p in screenshots.iterdir()) == [
-        "1-start.png", "2-prediction.png", "3-gradcam.png", "4-gpt4o.png", "5-model.png", "6-scene.png", "7-batch.png"]
+        "1-start.png", "2-prediction.png", "3-gradcam.png", "4-gpt4o.png", "5-model.png", "6-scene.png", "7-change-map.png",
+        "7-change-matrix.png", "7-change-sankey.png", "7-change-slider.png", "7-change.png", "8-batch.png"]
     assert console_errors == []
 
 
@@ -222,7 +253,7 @@ def test_phone_small_shares_and_failures(trained_run, tmp_path, screenshots):
                         page.wait_for_timeout(500)
                         top = page.locator("#prediction").evaluate("e => e.getBoundingClientRect().top")
                         assert 0 <= top < 844, f"the answer is out of view on a phone (top {top} px)"
-                        page.screenshot(path=screenshots / "8-phone.png")
+                        page.screenshot(path=screenshots / "9-phone.png")
             finally:
                 browser.close()
         with running_app("--model", str(broken), log_dir=tmp_path / "broken-logs") as server:
@@ -231,7 +262,7 @@ def test_phone_small_shares_and_failures(trained_run, tmp_path, screenshots):
                 page.goto(server.url)
                 page.locator(f"#examples img[alt='{EXAMPLE}']").click()
                 expect(page.locator("#notice")).to_contain_text("No model is loaded")
-                page.screenshot(path=screenshots / "9-no-model.png", full_page=True)
+                page.screenshot(path=screenshots / "10-no-model.png", full_page=True)
             finally:
                 browser.close()
 

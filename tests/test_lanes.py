@@ -82,6 +82,18 @@ def test_a_third_map_of_one_visitor_is_refused_at_once_and_never_runs(server, sc
     assert finished_maps(server) == before + 2  # the third never ran
 
 
+def test_a_change_counts_as_two_scenes_in_the_share(server, scene_file, tmp_path):
+    client = client_of(server, tmp_path)
+    job = client.submit(handle_file(scene_file), handle_file(scene_file), api_name="/change")
+    wait_for(lambda: job.status().progress_data)
+    with pytest.raises(Exception) as refused:
+        client.predict(handle_file(scene_file), api_name="/scene")
+    assert "You already have a change map running" in str(refused.value) and SHARE_REFUSED in str(refused.value)
+    summary = job.result(timeout=300)[5]
+    assert "**Changed**: 0 cells" in summary  # the same mosaic twice: nothing confidently changed
+    wait_for(lambda: "change map of " in server.output())
+
+
 def test_a_stopped_map_ends_early_and_the_next_one_runs(server, scene_file, tmp_path):
     client = client_of(server, tmp_path)
     job = client.submit(handle_file(scene_file), api_name="/scene")
@@ -98,7 +110,7 @@ def test_a_stopped_map_ends_early_and_the_next_one_runs(server, scene_file, tmp_
 def test_a_burst_of_raw_submissions_past_the_share_gets_the_sentence(server, scene_file):
     uploaded = httpx.post(f"{server.url}/gradio_api/upload", files={"files": open(scene_file, "rb")}, timeout=60)
     path = uploaded.json()[0]
-    payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 10, 0.5]}
+    payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, 10, 0.5, "auto"]}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: httpx.post(f"{server.url}/gradio_api/call/scene", json=payload, timeout=60),
                                 range(4)))

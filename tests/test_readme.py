@@ -107,3 +107,14 @@ def test_the_layout_section_matches_the_tree():
         assert set(re.findall(r"^    (\w+\.py)", layout, re.M)) >= inside, package
     for folder in ("benchmarks/", "results/", "tests/", "examples/", "models/eurosat-rgb-resnet18-cpu/"):
         assert folder in layout and (REPO / folder).is_dir()
+
+
+def test_the_granule_command_is_documented_with_its_own_help(monkeypatch):
+    from eurosat import map as command
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps its help to the terminal's width
+    section = README[README.index("### Whole granules from the command line"):README.index("### MCP")]
+    documented = re.search(r"--help`:\n\n```\n(.*?)```", section, re.S).group(1)
+    assert documented.strip() == command.parser().format_help().strip()
+    example = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip()
+    assert command.parser().parse_args(shlex.split(example)[3:]).csv == "cells.csv"

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
+import rasterio
 from PIL import Image
 
 import hostile_files as hf
-from eurosat import scene as sc
-from eurosat.imaging import ImageError, open_georeferenced, open_image
+from eurosat.imaging import ImageError, open_image
+from eurosat.mapping import classify_scene, map_file
 from eurosat.scene import (CELL, CLASS_COLOURS, MAX_CELLS, NO_DATA, SceneError, axis_windows, cells_csv,
-                           check_mpp, class_colours, class_raster, classify_scene, draw_map, legend,
-                           raster_geotags, summary, write_scene)
+                           check_mpp, class_colours, class_raster, draw_map, legend, summary, write_scene)
 
 ROWS, COLS = 3, 4
 
@@ -124,9 +123,8 @@ def test_a_bad_ground_resolution_is_refused_by_name(mpp):
 
 def test_a_13_band_geotiff_scene_reads_as_its_eurosat_rgb(predictor, mosaic, tmp_path):
     cube = hf.sentinel2_cube(mosaic, cloud=False)
-    image, geo = open_georeferenced(put(tmp_path, "ms.tif", hf.geotiff(cube)))
-    assert np.abs(np.asarray(image, dtype=np.int16) - mosaic).max() <= 1
-    scene = classify_scene(image, predictor, geo=geo)
+    scene = map_file(str(put(tmp_path, "ms.tif", hf.geotiff(cube))), predictor, max_pixels=10**6)
+    assert np.abs(scene.image.astype(np.int16) - mosaic).max() <= 1
     assert [c.label for c in scene.cells] == [c.label for c in classify_scene(mosaic, predictor).cells]
     assert "geotiff" in write_scene(scene, tmp_path)
     # One tile: a dark forest keeps its label, as the RGB release's tile does.
@@ -138,53 +136,32 @@ def test_a_13_band_geotiff_scene_reads_as_its_eurosat_rgb(predictor, mosaic, tmp
 
 def test_the_class_geotiff_keeps_the_georeferencing(predictor, mosaic, tmp_path):
     image = np.ascontiguousarray(mosaic[:2 * CELL + 10, :3 * CELL + 40])
-    rgb, geo = open_georeferenced(put(tmp_path, "scene.tif", hf.geotiff(image)))
-    scene = classify_scene(rgb, predictor, geo=geo)
-    with tifffile.TiffFile(write_scene(scene, tmp_path, stem="scene")["geotiff"]) as tif:
-        page = tif.pages.first
-        raster, tags = page.asarray(), {code: page.tags[code].value for code in (33550, 33922, 34735, 34736, 34737)}
+    scene = map_file(str(put(tmp_path, "scene.tif", hf.geotiff(image))), predictor, max_pixels=10**6)
+    with rasterio.open(write_scene(scene, tmp_path, stem="scene")["geotiff"]) as out:
+        raster, transform, crs = out.read(1), out.transform, out.crs
     assert raster.dtype == np.uint8 and np.array_equal(raster, class_raster(scene))
     assert [scene.label_names[i] for i in raster[:2].ravel()] == [c.label for c in scene.cells]
-    assert tuple(tags[34735]) == hf.geokeys() and tuple(tags[34736]) == (6378137.0,)
-    assert tags[34737] == hf.UTM32N_CITATION
-    assert tuple(tags[33550]) == (640.0, 640.0, 0.0)
-    assert tuple(tags[33922]) == (0.0, 0.0, 0.0, 500000.0, 5700000.0, 0.0)
+    assert (raster[2] == NO_DATA).all()  # the 10-pixel sliver
+    assert crs.to_epsg() == 32632 and tuple(transform)[:6] == (640.0, 0.0, 500000.0, 0.0, -640.0, 5700000.0)
 
     # The same ground at 5 m per pixel: a cell is 128 input pixels, the raster's pixel still 640 m.
     doubled = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
-    rgb, geo = open_georeferenced(put(tmp_path, "fine.tif", hf.geotiff(doubled, scale=(5.0, 5.0))))
-    fine = classify_scene(rgb, predictor, mpp=5, geo=geo)
-    with tifffile.TiffFile(write_scene(fine, tmp_path, stem="fine")["geotiff"]) as tif:
-        assert tuple(tif.pages.first.tags[33550].value) == (640.0, 640.0, 0.0)
-        assert np.array_equal(tif.pages.first.asarray(), class_raster(scene))
+    fine = map_file(str(put(tmp_path, "fine.tif", hf.geotiff(doubled, scale=(5.0, 5.0)))), predictor,
+                    max_pixels=10**6)
+    with rasterio.open(write_scene(fine, tmp_path, stem="fine")["geotiff"]) as out:
+        assert tuple(out.transform)[:6] == (640.0, 0.0, 500000.0, 0.0, -640.0, 5700000.0)
+        assert np.array_equal(out.read(1), class_raster(scene))
 
 
-def test_raster_georeferencing_for_points_matrices_and_offset_tiepoints():
-    area, point = hf.geokeys(), hf.geokeys(pixel_is_point=True)
-    base = {34735: area, 33550: (10.0, 10.0, 0.0), 33922: (0.0, 0.0, 0.0, 500000.0, 5700000.0, 0.0)}
-    # A tiepoint on pixel (2, 3) is moved to the top-left corner.
-    moved = raster_geotags({**base, 33922: (2.0, 3.0, 0.0, 500020.0, 5699970.0, 0.0)}, (64, 64))
-    assert moved[33922] == (0.0, 0.0, 0.0, 500000.0, 5700000.0, 0.0) and moved[33550] == (640.0, 640.0, 0.0)
-    # PixelIsPoint: coordinates name pixel centres, so the raster's first centre is the first cell's centre.
-    centred = raster_geotags({**base, 34735: point}, (64, 64))
-    assert centred[33922] == (0.0, 0.0, 0.0, 500315.0, 5699685.0, 0.0) and centred[34735] == point
-    matrix = (10.0, 0.0, 0.0, 500000.0, 0.0, -10.0, 0.0, 5700000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-    scaled = raster_geotags({34735: area, 34264: matrix}, (128, 64))
-    assert scaled[34264] == (1280.0, 0.0, 0.0, 500000.0, 0.0, -640.0, 0.0, 5700000.0,
-                             0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-    assert 33550 not in scaled and 33922 not in scaled
-
-
-def test_limits_are_named_in_their_messages(predictor, mosaic, tmp_path, monkeypatch):
+def test_limits_are_named_in_their_messages(predictor, mosaic, tmp_path):
     with pytest.raises(SceneError, match=r"^This scene has 11,881 cells of 640 m, over the limit of 4,096: "):
         classify_scene(np.zeros((700, 700, 3), np.uint8), predictor, mpp=100)  # 7 km a side
     assert MAX_CELLS == 4096
-    monkeypatch.setattr(sc, "MAX_CELLS", 11)
     with pytest.raises(SceneError, match=r"^This scene has 12 cells of 640 m, over the limit of 11: "):
-        classify_scene(mosaic, predictor)
+        classify_scene(mosaic, predictor, max_cells=11)
     path = put(tmp_path, "scene.png", hf.encode(Image.fromarray(mosaic), "PNG"))
     with pytest.raises(ImageError, match=r"^The image is 256x192 pixels, over the limit of 40,000"):
-        open_georeferenced(path, max_pixels=40_000)
+        map_file(str(path), predictor, max_pixels=40_000)
     for pixels, mpp in ((mosaic[:60, :200], 10), (mosaic[:120, :120], 5)):
         with pytest.raises(SceneError, match="less than one 64x64 cell .* classify it as a single tile instead"):
             classify_scene(np.ascontiguousarray(pixels), predictor, mpp=mpp)

@@ -300,8 +300,9 @@ def test_mcp_tools_classify_a_tile_and_word_bad_input(server, trained_run):
     tools, (good, bad) = mcp_session(server.url, [("predict", {"image": data_url, "k": 3}),
                                                   ("predict", {"image": bad_url})])
     names = {t.name for t in tools}
-    assert {"predict", "gradcam", "scene"} <= names
+    assert {"predict", "gradcam", "scene", "change"} <= names
     described = {t.name: t.description for t in tools}
+    assert "possible" in described["change"] and "treat it as unknown" in described["change"]
     assert "Sentinel-2" in described["predict"] and "64x64" in described["predict"]
     expected = next(iter(Predictor(hub.load(str(trained_run))).predict(open_image(EXAMPLES / "Forest.jpg"), 1)))
     assert not good.isError and expected in good.content[0].text

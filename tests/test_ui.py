@@ -258,13 +258,15 @@ def test_without_a_model_every_endpoint_says_what_to_do(config, forest):
     assert error_of(page.gradcam.gradcam, forest) == expected
     assert error_of(page.gpt4o.gpt4o, forest, KEY) == expected
     assert error_of(page.scene.scene, forest) == expected
+    assert error_of(page.change.change, forest, forest) == expected
     assert error_of(page.batch.batch, [forest]) == expected
     # An example clicked without a model says there is no model, not something about k.
     assert page.show(forest, 5, TOP1, "GradCAM", 0.5)[1] == f"⚠️ {expected}"
     demo = build_demo(None, config=config, load_error=why)
     banners = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.elem_id == "banner"]
     assert len(banners) == 1 and expected in banners[0]
-    assert set(demo.get_api_info()["named_endpoints"]) == {"/predict", "/gradcam", "/gpt4o", "/scene", "/batch"}
+    assert set(demo.get_api_info()["named_endpoints"]) == {"/predict", "/gradcam", "/gpt4o", "/scene", "/change",
+                                                           "/batch"}
 
 
 def test_unexpected_failures_are_logged_not_shown(page, monkeypatch, caplog, forest):
@@ -351,23 +353,32 @@ def test_api_needs_only_the_image(predictor, config):
         "/predict": ["image", "k"],
         "/gradcam": ["image", "class_name", "method", "opacity"],
         "/gpt4o": ["image", "api_key"],
-        "/scene": ["image", "metres_per_pixel", "opacity"],
+        "/scene": ["image", "metres_per_pixel", "opacity", "radiometry"],
+        "/change": ["before", "after", "before_date", "after_date", "radiometry", "metres_per_pixel"],
         "/batch": ["files"],
     }
-    for params in defaults.values():
-        first = next(iter(params))
-        assert not params[first]["parameter_has_default"]
-        assert all(p["parameter_has_default"] for name, p in params.items() if name != first)
+    for endpoint, params in defaults.items():
+        required = ["before", "after"] if endpoint == "/change" else [next(iter(params))]
+        assert all(not params[name]["parameter_has_default"] for name in required)
+        assert all(p["parameter_has_default"] for name, p in params.items() if name not in required)
     assert defaults["/predict"]["k"]["parameter_default"] == 5
     assert defaults["/gradcam"]["class_name"]["parameter_default"] == TOP1
     assert defaults["/gradcam"]["method"]["parameter_default"] == "GradCAM"
     assert defaults["/gradcam"]["opacity"]["parameter_default"] == 0.5
     assert defaults["/gpt4o"]["api_key"]["parameter_default"] == ""
+    assert defaults["/scene"]["radiometry"]["parameter_default"] == defaults["/change"]["radiometry"][
+        "parameter_default"] == "auto"
+    assert defaults["/change"]["before_date"]["parameter_default"] == ""
     returns = {name: [r["label"] for r in endpoint["returns"]] for name, endpoint in api["named_endpoints"].items()}
     assert returns == {"/predict": ["Most likely classes"], "/gradcam": ["Heatmap", "Class drawn"],
                        "/gpt4o": ["GPT-4o's answer"],
                        "/scene": ["Land-cover map", "Land cover by class", "Cells (CSV)",
-                                  "Class raster (GeoTIFF, when the input is georeferenced)"],
+                                  "Class map (Cloud-Optimized GeoTIFF, when the input is georeferenced)",
+                                  "How the file was read"],
+                       "/change": ["Change map (over the after image)", "Before and after, with their maps",
+                                   "From → to, confident cells (cells · km²)", "Per class, confident cells (km²)",
+                                   "Where each class went (Sankey)", "Summary", "Cells (CSV)", "Matrix (CSV)",
+                                   "Transition codes (GeoTIFF, for georeferenced input)"],
                        "/batch": ["Results, least confident first", "Results (CSV)"]}
     examples = {name: endpoint["parameters"][0]["example_input"] for name, endpoint in api["named_endpoints"].items()}
     assert all("examples/Forest.jpg" in json.dumps(example) for example in examples.values()), examples
@@ -375,6 +386,8 @@ def test_api_needs_only_the_image(predictor, config):
                  if isinstance(b, gr.Dropdown)}
     assert dropdowns["Class"] == [TOP1, *predictor.label_names]
     assert {"GradCAM", "GradCAM++", "EigenCAM", "LayerCAM"} <= set(dropdowns["Method"])
+    assert dropdowns["Radiometry"] == dropdowns["Radiometry (GeoTIFF, JPEG 2000)"] == [
+        "auto", "eurosat-l1c", "baseline-04", "reflectance", "8bit"]
     keys = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.type == "password"]
     assert len(keys) == 1
 
@@ -405,12 +418,13 @@ def test_each_upload_is_checked_once_per_request(predictor, monkeypatch, tmp_pat
     try:
         client = Client(demo.local_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
         calls = {"/predict": (handle_file(tiles[0]), 3), "/gradcam": (handle_file(tiles[0]), TOP1, DEFAULT_METHOD, 0.5),
-                 "/scene": (handle_file(tiles[0]), 10, 0.5), "/batch": ([handle_file(t) for t in tiles],)}
+                 "/scene": (handle_file(tiles[0]), 10, 0.5), "/batch": ([handle_file(t) for t in tiles],),
+                 "/change": (handle_file(tiles[0]), handle_file(tiles[1]))}
         for api_name, args in calls.items():
             checked.clear()
             client.predict(*args, api_name=api_name)
-            assert sorted(checked) == sorted(f"once-{i}.jpg" for i in range(len(args[0]) if api_name == "/batch"
-                                                                                else 1)), api_name
+            files = len(args[0]) if api_name == "/batch" else 2 if api_name == "/change" else 1
+            assert sorted(checked) == sorted(f"once-{i}.jpg" for i in range(files)), api_name
     finally:
         demo.close()
 

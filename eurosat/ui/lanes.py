@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 LIGHT, HEAVY = "light", "heavy"
 # The longest a heavy job steps aside for tiles in one go: a steady stream of tiles must not starve it.
 MAX_PAUSE_S = 2.0
+# What a heavy job counts for in a visitor's share, by endpoint: a change maps two dates, the work of two scenes.
+WEIGHTS = {"change": 2}
 
 
 class Stopped(UserError):
@@ -52,8 +54,8 @@ class HeavyLane:
     """The heavy lane's bookkeeping: the jobs running, tiles in flight, and each visitor's share.
 
     A visitor has at most `share` heavy jobs running or waiting in the queue (with one heavy job at a
-    time, the default 2 is one running and one waiting); a further one is refused when it is
-    submitted (`refusal`, from the event's validator), so nothing of it is queued.
+    time, the default 2 is one running and one waiting; a change counts as two, `WEIGHTS`); a further
+    one is refused when it is submitted (`refusal`, from the event's validator), so nothing of it is queued.
     """
 
     def __init__(self, *, share: int = 2, trusted_proxies: int = 0):
@@ -72,10 +74,10 @@ class HeavyLane:
         host = request.client.host if request.client else None
         return client_id(host, request.headers.get("x-forwarded-for"), self.trusted_proxies)
 
-    def refusal(self, visitor: str, queued: int) -> str | None:
-        """Why a new heavy job of `visitor`, who has `queued` heavy jobs running or waiting, is refused; None when
-        it may join the queue."""
-        if queued < self.share:
+    def refusal(self, visitor: str, queued: int, weight: int = 1) -> str | None:
+        """Why a new heavy job of `weight` from `visitor`, who has `queued` heavy jobs (by weight) running or
+        waiting, is refused; None when it may join the queue."""
+        if queued + weight <= self.share:
             return None
         with self._changed:
             mine = [job for job in self._jobs if job.visitor == visitor]
@@ -148,7 +150,7 @@ def current_event_alive() -> bool:
 
 
 def queued_heavy_jobs(blocks: gr.Blocks | None, lane: HeavyLane, visitor: str) -> int:
-    """How many heavy events of `visitor` the queue of `blocks` holds, running or waiting.
+    """How many heavy events of `visitor` the queue of `blocks` holds, running or waiting, each by its weight.
 
     Gradio's queue knows from the moment an event is accepted until it ends, so nothing is missed
     while a job's upload is still being decoded.
@@ -167,5 +169,5 @@ def queued_heavy_jobs(blocks: gr.Blocks | None, lane: HeavyLane, visitor: str) -
         host = request.client.host if request is not None and request.client else None
         forwarded = request.headers.get("x-forwarded-for") if request is not None else None
         if client_id(host, forwarded, lane.trusted_proxies) == visitor:
-            count += 1
+            count += WEIGHTS.get(event.fn.api_name, 1)
     return count

@@ -12,15 +12,17 @@ from .. import llm
 from ..budget import Budget, Limits
 from ..config import AppConfig
 from ..inference import Predictor
+from ..radiometry import AUTO
 from . import model_panel
 from .batch import BatchTab
+from .change import ChangeTab
 from .gpt4o import Gpt4oTab, button_state, placeholder
 from .gradcam import GradcamTab, heatmap_image
 from .predict import PredictTab, describe, download, notice
 from .scene import SceneTab
 from .lanes import HEAVY, LIGHT
 from .server import BusyMessage, CheckedBlocks, JoinsInTurn, NoDeepLinks
-from .shared import OnScreen, Service, message_of, user_errors, with_our_example
+from .shared import RADIOMETRY_CHOICES, OnScreen, Service, message_of, user_errors, with_our_example
 
 APP_DIR = Path(__file__).resolve().parents[2]
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -78,11 +80,12 @@ class Page:
         self.gradcam = GradcamTab(served)
         self.gpt4o = Gpt4oTab(served, budget or Budget(Limits()), ask)
         self.scene = SceneTab(served)
+        self.change = ChangeTab(served)
         self.batch = BatchTab(served)
         self.examples = example_tiles(served.config.examples_dir)
 
-    def show(self, image: Any, k: Any, class_name: Any, method: Any, opacity: Any) -> tuple:
-        """Every tab's output for a new image, class or method, from one pass of the network.
+    def show(self, image: Any, k: Any, class_name: Any, method: Any, opacity: Any, radiometry: Any = AUTO) -> tuple:
+        """Every tab's output for a new image, class, method or radiometry, from one pass of the network.
 
         The GPT-4o answer is cleared: it belonged to the previous image. A failure is shown in the
         Prediction panel and in a toast, and the other outputs are cleared.
@@ -93,7 +96,7 @@ class Page:
         try:
             self.served.model()
             count, alpha = self.served.k(k), self.served.opacity(opacity)
-            shown = self.served.analyze(image, class_name, method)
+            shown = self.served.analyze(image, class_name, method, radiometry)
         except Exception as e:
             message = message_of(e, "show")
             gr.Warning(message)
@@ -102,7 +105,8 @@ class Page:
         predictor = self.served.model()
         text = notice(probabilities, predictor.checkpoint.notice_threshold, shown.source_size,
                       max(predictor.data_config.input_size))
-        return (shown.analysis.top(count), text, describe(probabilities),
+        meaning = describe(probabilities) + (f" The file was {shown.reading.sentence()}." if shown.reading else "")
+        return (shown.analysis.top(count), text, meaning,
                 heatmap_image(shown, alpha), shown.analysis.target, shown,
                 gr.update(visible=True, value=download(probabilities, shown.upload.name, self.served.outputs.new())),
                 cleared)
@@ -124,7 +128,8 @@ class Page:
 
 def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: str | None = None,
                ask: Callable[..., llm.SecondOpinion] = llm.ask, budget: Budget | None = None) -> gr.Blocks:
-    """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /batch) for `predictor` (None: banner only).
+    """The page and its API endpoints (/predict, /gradcam, /gpt4o, /scene, /change, /batch) for `predictor` (None:
+    banner only).
 
     `budget` limits the calls made with the server's OpenAI key (default: the limits in the environment).
     """
@@ -149,6 +154,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                         image = with_our_example(gr.Image(
                             type="filepath", image_mode=None, sources=["upload", "clipboard"], height=360,
                             label="Sentinel-2 RGB tile", elem_id="tile"))
+                        radiometry = gr.Dropdown(RADIOMETRY_CHOICES, value=AUTO, elem_id="tile-radiometry",
+                                                 label="Radiometry (GeoTIFF, JPEG 2000)")
                     with gr.Column():
                         with gr.Tabs():
                             with gr.Tab("Prediction"):
@@ -162,6 +169,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                                      buttons=[], interactive=False, visible=bool(page.examples), elem_id="examples")
             with gr.Tab("Scene map", elem_id="tab-scene"):
                 mapping = page.scene.render()
+            with gr.Tab("Change", elem_id="tab-change"):
+                compared = page.change.render()
             with gr.Tab("Batch", elem_id="tab-batch"):
                 many = page.batch.render()
         with gr.Accordion("Model: what is served and how good it is", open=False, elem_id="model-panel"):
@@ -188,8 +197,8 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
                             concurrency_id="gpt4o", concurrency_limit=config.concurrency_limit)
         gpt["api_key"].change(lambda key: gr.update(**button_state(key)), gpt["api_key"], gpt["button"],
                               api_visibility="private", show_progress="hidden", queue=False)
-        gr.on([image.change, cam["class_name"].change, cam["method"].change], page.show,
-              inputs=[image, prediction["k"], cam["class_name"], cam["method"], cam["opacity"]],
+        gr.on([image.change, cam["class_name"].change, cam["method"].change, radiometry.change], page.show,
+              inputs=[image, prediction["k"], cam["class_name"], cam["method"], cam["opacity"], radiometry],
               outputs=[prediction["label"], prediction["notice"], prediction["meaning"], cam["cam"], cam["drawn"],
                        shown, prediction["download"], gpt["answer"]],
               api_visibility="private", **light)
@@ -201,10 +210,17 @@ def build_demo(predictor: Predictor | None, *, config: AppConfig, load_error: st
         # On a phone the answer sits above the gallery: bring it into view when an image arrives.
         image.change(None, js=SHOW_ANSWER)
         mapped_event = mapping["button"].click(
-            page.scene.scene, inputs=[mapping["image"], mapping["mpp"], mapping["opacity"]],
-            outputs=[mapping["map"], mapping["table"], mapping["csv"], mapping["geotiff"], mapped], api_name="scene",
-            validator=page.scene.admit, **heavy)
+            page.scene.scene, inputs=[mapping["image"], mapping["mpp"], mapping["opacity"], mapping["radiometry"]],
+            outputs=[mapping["map"], mapping["table"], mapping["csv"], mapping["geotiff"], mapping["note"], mapped],
+            api_name="scene", validator=page.scene.admit, **heavy)
         mapping["stop"].click(None, cancels=[mapped_event], api_visibility="private")
+        mapping["image"].change(page.scene.resolution, mapping["image"], mapping["mpp"], api_visibility="private",
+                                preprocess=False, show_progress="hidden", queue=False)
+        compared_event = compared["button"].click(
+            page.change.change, inputs=[compared["before"], compared["after"], compared["before_date"],
+                                        compared["after_date"], compared["radiometry"], compared["mpp"]],
+            outputs=compared["outputs"], api_name="change", validator=page.change.admit, **heavy)
+        compared["stop"].click(None, cancels=[compared_event], api_visibility="private")
         mapping["opacity"].change(page.scene.redraw, [mapping["opacity"], mapped], mapping["map"],
                                   api_visibility="private", show_progress="hidden")
         batch_event = many["button"].click(page.batch.batch, inputs=many["files"], outputs=[many["table"], many["csv"]],

@@ -22,6 +22,7 @@ from ..config import BUNDLED_MODEL, ENV_MODEL, AppConfig
 from ..errors import UserError
 from ..imaging import open_image, to_rgb
 from ..inference import Analysis, Predictor
+from ..radiometry import AUTO, LABELS, Reading
 from ..uploads import Upload, uploaded_file
 from .lanes import HeavyLane, current_event_alive, queued_heavy_jobs
 from .outputs import Outputs
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _CHECKED: ContextVar[dict[str, Upload]] = ContextVar("checked_uploads", default={})
 
 TOP1 = "top-1"
+RADIOMETRY_CHOICES = [(label, value) for value, label in LABELS.items()]  # (shown, sent) for the menus
 DEFAULT_OPACITY = 0.5
 # Heatmaps of big photos are drawn over a copy this size: the map itself only has the model's input
 # resolution, and a full-size PNG would be megabytes to send back for no extra detail.
@@ -66,6 +68,7 @@ class OnScreen:
     source_size: tuple[int, int]  # the file's own (width, height) in pixels
     rgb: np.ndarray  # the tile as displayed under the heatmap (uint8, H x W x 3)
     analysis: Analysis
+    reading: Reading | None = None  # how a raster's values became true colour; None for an 8-bit image
 
 
 def user_error(message: str) -> gr.Error:
@@ -179,15 +182,13 @@ class Service:
         uploads = [self.upload(value) for value in values]
         _CHECKED.set({upload.path: upload for upload in uploads})
 
-    def open(self, upload: Upload, *, full_size: bool = False) -> Image.Image:
-        """The uploaded image, decoded safely; a tile-sized copy unless the full resolution is needed.
+    def open(self, upload: Upload, *, radiometry: Any = AUTO) -> Image.Image:
+        """The uploaded image, decoded safely into a tile-sized copy, a raster's values read as `radiometry`.
 
         Its `info["source_size"]` is the file's own (width, height), whatever was decoded.
         """
-        if full_size:
-            return open_image(upload.path, max_pixels=self.config.max_pixels)
         size = self.predictor.data_config.input_size if self.predictor is not None else (64, 64)
-        return open_image(upload.path, max_pixels=self.config.max_pixels, reduce_to=size)
+        return open_image(upload.path, max_pixels=self.config.max_pixels, reduce_to=size, radiometry=radiometry)
 
     def k(self, k: Any) -> int:
         """k as a whole number of classes: 3 and "3" are accepted, 2.5 and "three" are not."""
@@ -229,26 +230,26 @@ class Service:
             raise user_error(f"Unknown Grad-CAM method {str(method)[:40]!r}: choose one of {', '.join(self.methods)}.")
         return found
 
-    def analyze(self, image: Any, class_name: Any = None, method: Any = None) -> OnScreen:
+    def analyze(self, image: Any, class_name: Any = None, method: Any = None, radiometry: Any = AUTO) -> OnScreen:
         """One pass of the network over an uploaded image: probabilities and the heatmap, kept for redraws."""
         predictor = self.model()
         target, method = self.class_name(class_name), self.method(method)
         upload = self.upload(image)
-        tile = self.open(upload)
+        tile = self.open(upload, radiometry=radiometry)
         with self.lane.tile():
             analysis = predictor.analyze(tile, target=target, method=method)
-        return OnScreen(upload, tile.info["source_size"], display_rgb(tile), analysis)
+        return OnScreen(upload, tile.info["source_size"], display_rgb(tile), analysis, tile.info.get("reading"))
 
     def classify_tile(self, tile: Image.Image, k: int) -> dict[str, float]:
         """The top-k of one decoded tile, as light work: heavy jobs step aside for it."""
         with self.lane.tile():
             return self.model().predict(tile, k)
 
-    def admit(self, inputs: int, request: gr.Request | None) -> list[dict[str, Any]]:
-        """The validator of a heavy endpoint, run when a job is submitted: a visitor past the share is refused
-        with a sentence saying why (on the first input), and nothing of the job is queued."""
+    def admit(self, inputs: int, request: gr.Request | None, weight: int = 1) -> list[dict[str, Any]]:
+        """The validator of a heavy endpoint, run when a job of `weight` (`lanes.WEIGHTS`) is submitted: a visitor
+        past the share is refused with a sentence saying why (on the first input), and nothing of it is queued."""
         visitor = self.lane.visitor(request)
-        refusal = self.lane.refusal(visitor, queued_heavy_jobs(self.blocks, self.lane, visitor))
+        refusal = self.lane.refusal(visitor, queued_heavy_jobs(self.blocks, self.lane, visitor), weight)
         return [gr.validate(refusal is None, refusal or "")] + [gr.validate(True, "")] * (inputs - 1)
 
     @contextmanager
