@@ -31,6 +31,15 @@ def test_verdicts_flag_each_missed_target():
     assert missed[0]["measured"] == 1.4 and missed[0]["bar"] == "<= 1.3"
 
 
+def test_the_seed_app_comparison_has_its_own_verdict():
+    def seed_row(ratio: float) -> dict:
+        results = {**quick_results(1.1, 4.0), "seed_app": {"seed-style / ours (median of paired requests)": ratio}}
+        return bench.verdicts(results)[-1]
+
+    assert seed_row(1.9)["holds"] and seed_row(1.9)["bar"] == ">= 1.8"
+    assert not seed_row(1.7)["holds"] and "seed-style" in seed_row(1.7)["target"]
+
+
 def test_quick_in_process_run_writes_json_and_markdown(tmp_path):
     """A tiny served model at 32 px against the torchvision baseline: files, spans and ratios agree."""
     results = bench.main(["--quick", "--no-app", "--arch", "test_resnet", "--size", "32", "--rounds", "3",
