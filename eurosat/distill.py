@@ -6,10 +6,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from .engine import Runtime, predict
-from .transforms import Transform
 
 
 @dataclass(frozen=True)
@@ -37,11 +33,6 @@ class SoftTargets:
         if lam < 1.0:
             target = lam * target + (1 - lam) * target.flip(0)
         return soft_cross_entropy(logits, target, self.temperature)
-
-
-def teacher_logits(model: nn.Module, images: torch.Tensor, *, transform: Transform, runtime: Runtime) -> torch.Tensor:
-    """The teacher's 8-view mean logits of every uint8 training tile, in one pass over the set."""
-    return predict(model, images, transform=transform, runtime=runtime, tta=True)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:

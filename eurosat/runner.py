@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from . import hub
 from .config import TrainConfig
 from .data import load_tensors
-from .distill import SoftTargets, teacher_logits
+from .distill import SoftTargets
 from .evaluation import calibrate, score
-from .engine import Runtime, evaluate, make_optimizer, make_scheduler, resolve_runtime, train_one_epoch
+from .engine import Runtime, evaluate, make_optimizer, make_scheduler, predict, resolve_runtime, train_one_epoch
 from .errors import UserError
 from .fileio import write_text
 from .model import build_model
@@ -235,7 +235,8 @@ def _soft_targets(cfg: TrainConfig, images: torch.Tensor, labels: list[str], run
     if teacher.label_names != labels:
         raise RunError(f"The teacher {cfg.teacher!r} knows the classes {teacher.label_names}, not the dataset's "
                        f"{labels}: distil from a checkpoint trained on the same classes.")
-    logits = teacher_logits(teacher.model, images, transform=eval_transform(teacher.data_config), runtime=runtime)
+    # The 8-view mean of each whole tile, which no D4 view changes: one target for any view of it.
+    logits = predict(teacher.model, images, transform=eval_transform(teacher.data_config), runtime=runtime, tta=True)
     log(f"Teacher {cfg.teacher}: 8-view answers on {len(images):,} training tiles in "
         f"{time.perf_counter() - start_time:.0f} s.")
     return SoftTargets(logits, cfg.distill_weight, cfg.distill_temperature)
