@@ -397,26 +397,33 @@ def end_to_end(args: argparse.Namespace, checkpoint: Path, tiles: list[str], wor
     }
 
 
+def alternating(servers: dict[str, Any], endpoint: str, tiles: list[str], requests: int,
+                workdir: Path) -> dict[str, list[float]]:
+    """Seconds of `requests` calls of `endpoint` to each server, the servers alternating in turn and order."""
+    from gradio_client import Client, handle_file
+
+    clients = {name: Client(s.url, verbose=False, download_files=str(workdir), analytics_enabled=False)
+               for name, s in servers.items()}
+    for client in clients.values():  # the first request of each pays lazy set-up
+        client.predict(handle_file(tiles[0]), api_name=endpoint)
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    for i in range(requests):
+        for name, client in (clients.items() if i % 2 == 0 else reversed(clients.items())):
+            start = time.perf_counter()
+            client.predict(handle_file(tiles[i % len(tiles)]), api_name=endpoint)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def tta_on_off(args: argparse.Namespace, checkpoint: Path, tiles: list[str], workdir: Path,
                log: Callable[[str], None]) -> dict[str, Any]:
     """/predict with TTA on and off: two servers of the same checkpoint, requests alternating between them."""
-    from gradio_client import Client, handle_file
-
     servers = {mode: start_app("--model", str(checkpoint), f"--{mode}", *app_flags(args),
                                log_dir=workdir / mode, app=Path(args.app), env={"HF_HUB_OFFLINE": "1"})
                for mode in ("tta", "no-tta")}
     try:
-        clients = {mode: Client(s.url, verbose=False, download_files=str(workdir), analytics_enabled=False)
-                   for mode, s in servers.items()}
-        for client in clients.values():  # the first request of each pays lazy set-up
-            client.predict(handle_file(tiles[0]), api_name="/predict")
         log(f"  TTA on/off: {args.requests} /predict requests to each, alternating")
-        times: dict[str, list[float]] = {mode: [] for mode in clients}
-        for i in range(args.requests):
-            for mode, client in (clients.items() if i % 2 == 0 else reversed(clients.items())):
-                start = time.perf_counter()
-                client.predict(handle_file(tiles[i % len(tiles)]), api_name="/predict")
-                times[mode].append(time.perf_counter() - start)
+        times = alternating(servers, "/predict", tiles, args.requests, workdir)
     finally:
         for server in servers.values():
             server.stop()
@@ -433,8 +440,6 @@ def against_seed_app(args: argparse.Namespace, checkpoint: Path, tiles: list[str
     """
     import shutil
 
-    from gradio_client import Client, handle_file
-
     asking = workdir / "checkpoint-asking-for-tta"
     shutil.copytree(checkpoint, asking)
     config = json.loads((asking / "config.json").read_text())
@@ -446,17 +451,8 @@ def against_seed_app(args: argparse.Namespace, checkpoint: Path, tiles: list[str
                                        str(args.threads), log_dir=workdir / "seed", app=REPO / "benchmarks" /
                                        "seed_app.py")}
     try:
-        clients = {name: Client(s.url, verbose=False, download_files=str(workdir), analytics_enabled=False)
-                   for name, s in servers.items()}
-        for client in clients.values():  # the first request of each pays lazy set-up
-            client.predict(handle_file(tiles[0]), api_name="/gradcam")
         log(f"  against the seed-style app: {args.requests} /gradcam requests to each, alternating")
-        times: dict[str, list[float]] = {name: [] for name in clients}
-        for i in range(args.requests):
-            for name, client in (clients.items() if i % 2 == 0 else reversed(clients.items())):
-                start = time.perf_counter()
-                client.predict(handle_file(tiles[i % len(tiles)]), api_name="/gradcam")
-                times[name].append(time.perf_counter() - start)
+        times = alternating(servers, "/gradcam", tiles, args.requests, workdir)
         found = re.search(r"(one view|8 views) per tile[^\n]*", servers["ours"].output())
         views = found.group(0) if found else ""
     finally:
