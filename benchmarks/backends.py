@@ -12,7 +12,6 @@ has random weights (they do not change speed).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from benchmarks.inference import machine, make_checkpoint, paired_ratio
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["models"].append(sweep(name, checkpoint, batches, args.seconds, args.threads, Path(tmp) / "graphs",
                                            peak["peak_gflops"], log))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "backends.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "BACKENDS.md").write_text(markdown(results))
-    print(markdown(results))
+    save(out / "backends.json", results, markdown(results))
     return results
 
 

@@ -11,7 +11,6 @@ change of load on the machine hits both alike; the ratio is the median of the pe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from PIL import Image
 
 from benchmarks.appserver import running_app
 from benchmarks.inference import machine
+from benchmarks.results import save
 from benchmarks.scene import mosaic, real_tiles
 from eurosat.config import BUNDLED_MODEL
 
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "change / two scenes": round(statistics.median(c / s for c, s in zip(times["change"], times["two scenes"])), 3),
         "statuses": {s: statuses.count(s) for s in ("unchanged", "changed", "possible")}}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "change.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    save(out / "change.json", results)
     return results
 
 

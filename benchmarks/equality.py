@@ -10,7 +10,6 @@ single-pass heatmap of its top-1 class, as /gradcam draws it. Run by hand: it ne
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from benchmarks.inference import machine
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["holds"] = (results["top1_differing"] == 0 and results["max_probability_difference"] <= 1e-4
                         and heat <= 1e-4)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    save(out, results)
     return results
 
 

@@ -15,7 +15,6 @@ TTA setting) runs in this process just before and just after it, and its mean is
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import torch
 
 from benchmarks.appserver import peak_rss
 from benchmarks.inference import machine
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,9 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_rss_gb": round(result["peak"] / 1e9, 3),
         "printed": result["stdout"], "progress_bar": result["progress"]}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "granule.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("printed", "machine")}, indent=2))
+    save(out / "granule.json", results, hidden=("printed", "machine"))
     return results
 
 

@@ -11,7 +11,6 @@ the int8 one is ONNX Runtime's `quantize_static` of it (QDQ, per-channel int8 we
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.inference import machine
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         "int8_speedup": round(speedup, 3)}
     results["keep_int8"] = drop <= 0.1 and speedup > 1.0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    save(out, results)
     return results
 
 

@@ -9,7 +9,6 @@ pixels; each request uploads it anew, as separate visitors would.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from PIL import Image
 
 from benchmarks.appserver import peak_rss, running_app
 from benchmarks.inference import machine
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "rss_after_first_bytes": before, "rss_after_all_bytes": rss(app.process.pid),
                        "peak_rss_bytes": peak_rss(app.process.pid)}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
+    save(out / "memory.json", results)
     return results
 
 

@@ -13,7 +13,6 @@ process and each figure is measured in the same run as the one it is compared wi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from PIL import Image
 
 from benchmarks.appserver import running_app
 from benchmarks.inference import machine
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="eurosat-scene-bench-") as tmp:
             results["end_to_end"] = end_to_end(args, picture, tiles[:args.batch_files], Path(tmp))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scene.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "SCENE.md").write_text(markdown(results))
-    print(markdown(results))
+    save(out / "scene.json", results, markdown(results))
     return results
 
 

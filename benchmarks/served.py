@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from PIL import Image
 
 from benchmarks.appserver import start_app
 from benchmarks.inference import machine, make_checkpoint, summary
+from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "predict_p50_over_plain_forward": {name: round(summary(t)["median_ms"] / forward_ms, 1)
                                            for name, t in latency.items()}})
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "served.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "SERVED.md").write_text(markdown(results))
-    print(markdown(results))
+    save(out / "served.json", results, markdown(results))
     return results
 
 
