@@ -76,7 +76,7 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
         return None, f"Loading {config.model!r} failed unexpectedly ({type(e).__name__}); see the server log."
     predictor = Predictor(checkpoint, device=config.device, tta=checkpoint.tta if config.tta is None else config.tta,
                           cell_tta=checkpoint.tta if config.cell_tta is None else config.cell_tta,
-                          cam_copies=config.concurrency_limit)
+                          cell_parts=cell_parts(config), cam_copies=config.concurrency_limit)
     if config.backend == "onnxruntime":
         predictor.use_onnxruntime(config.graph_cache, threads=request_threads(config))
     loaded = time.perf_counter()
@@ -84,10 +84,11 @@ def load_predictor(config: AppConfig) -> tuple[Predictor | None, str | None]:
     # A flag that asks for TTA is obeyed whatever it costs; the checkpoint's own choice is kept within budget.
     views = predictor.fit_views(math.inf if config.tta else config.tta_budget_ms / 1000,
                                 math.inf if config.cell_tta else config.cell_tta_budget_ms / 1000)
-    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, %s layout; forward passes: %s; %s",
-             config.model, checkpoint.architecture, len(predictor.label_names), config.device, loaded - start,
-             (time.perf_counter() - loaded) * 1000, "channels_last" if predictor.channels_last else "contiguous",
-             predictor.backend_note, views)
+    log.info("loaded %s (%s, %d classes) on %s in %.1f s; warm-up %.0f ms, %s layout; forward passes: %s, "
+             "%d at once for scenes and batches; %s", config.model, checkpoint.architecture,
+             len(predictor.label_names), config.device, loaded - start, (time.perf_counter() - loaded) * 1000,
+             "channels_last" if predictor.channels_last else "contiguous", predictor.backend_note,
+             predictor.cell_parts, views)
     return predictor, None
 
 
@@ -96,6 +97,17 @@ def request_threads(config: AppConfig) -> int:
     from eurosat.inference import cpu_threads
 
     return config.threads or cpu_threads(config.concurrency_limit)
+
+
+def cell_parts(config: AppConfig) -> int:
+    """Slices worked on at once in each batch of a heavy job: the heavy lane's CPUs over a request's threads.
+
+    Heavy jobs step aside while tiles are served, so between tiles one heavy job may use every CPU
+    that the lane's `heavy_concurrency` jobs share, not only the threads of one tile's request.
+    """
+    from eurosat.inference import cpu_threads
+
+    return max(1, cpu_threads(config.heavy_concurrency) // request_threads(config))
 
 
 def build(config: AppConfig, limits: Limits | None = None) -> gr.Blocks:

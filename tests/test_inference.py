@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from eurosat import hub
 from eurosat.cam import single_pass_cam
+from eurosat.config import AppConfig
 from eurosat.inference import Predictor, cpu_threads
 from eurosat.model import build_model
 from eurosat.transforms import DataConfig
@@ -242,3 +244,43 @@ def test_the_views_are_kept_only_within_budget(untrained_checkpoint):
     assert predictor.cell_tta is False
     untouched = Predictor(hub.load(str(untrained_checkpoint)), tta=False)
     assert untouched.fit_views(0.0, 0.0) == "one view per tile; one view per scene or batch cell"
+
+
+class _TwoAtOnce:
+    """An engine (the `onnxrt.Graph` interface) that answers only when two passes are inside it at once, and
+    records each pass's size and thread; its logits are a function of each view's pixels alone."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.together = threading.Barrier(2, timeout=10)
+        self.passes: list[tuple[int, str]] = []
+
+    def run(self, batch: torch.Tensor, features: bool):
+        self.together.wait()  # a sequential caller never gets past this: the barrier breaks after 10 s
+        self.passes.append((len(batch), threading.current_thread().name))
+        with torch.inference_mode():
+            return None, self.model(batch)
+
+
+def test_cell_parts_run_the_slices_of_a_batch_at_once_in_order(untrained_checkpoint, class_tiles):
+    tiles = class_tiles.repeat(4, 1, 1, 1)[:36]  # 36 tiles: batches of 16, 16 and 4
+    alone = Predictor(hub.load(str(untrained_checkpoint)), tta=True)
+    expected = alone.classify(tiles, batch_size=16)
+    parted = Predictor(hub.load(str(untrained_checkpoint)), tta=True, cell_parts=2)
+    parted.engine = _TwoAtOnce(parted.model)
+    got = parted.classify(tiles, batch_size=16)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert got.argmax(1).tolist() == expected.argmax(1).tolist()
+    assert sorted(size for size, _ in parted.engine.passes) == sorted([8 * 8] * 4 + [8 * 2] * 2)  # 8 views of each slice
+    assert len({thread for _, thread in parted.engine.passes}) == 2
+
+
+def test_the_app_gives_heavy_jobs_the_cpus_of_the_heavy_lane(monkeypatch):
+    import app
+    from eurosat import inference
+
+    monkeypatch.setattr(inference, "cpu_threads", lambda concurrent=1: max(1, 4 // concurrent))  # a 4-CPU machine
+    assert app.cell_parts(AppConfig(concurrency_limit=2, heavy_concurrency=1)) == 2  # 2 threads a tile, 4 for maps
+    assert app.cell_parts(AppConfig(concurrency_limit=4, heavy_concurrency=1)) == 4
+    assert app.cell_parts(AppConfig(concurrency_limit=4, heavy_concurrency=2)) == 2
+    assert app.cell_parts(AppConfig(threads=4, heavy_concurrency=1)) == 1
