@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             def timed(name: str, call: Callable[[Any], Any]) -> float:
                 start = time.perf_counter()
-                call(clients[name])
+                try:
+                    call(clients[name])
+                except Exception:  # the client only says that something failed: the server's log says what
+                    print(f"the {name} server failed; the end of its log:\n{servers[name].output()[-4000:]}")
+                    raise
                 return time.perf_counter() - start
 
             log(f"/predict: {args.requests} requests per server, alternating")
