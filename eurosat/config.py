@@ -101,9 +101,12 @@ _SMALL_RESNET = dict(
 
 # Presets name the recipes whose figures are recorded in RESULTS.md; any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-quick": dict(_SMALL_RESNET, epochs=28),
-    # The same network trained longer and on 48-pixel windows of the tiles: a window keeps the 10 m ground
-    # resolution and costs about half the compute of a whole tile, so the same hour holds more epochs; the
+    # The `cpu` schedule cut to 24 epochs (16 on windows, 8 on whole tiles), with Nesterov SGD and stronger label
+    # smoothing, which beat AdamW on validation at this length: the accuracy of 28 whole-tile epochs in less time.
+    "cpu-quick": dict(_SMALL_RESNET, epochs=24, train_crop=48, whole_tile_epochs=8, ema_decay=0.998,
+                      optimizer="sgd", lr=0.1, weight_decay=5e-4, label_smoothing=0.2),
+    # The bundled model's recipe: 90 epochs, mostly on 48-pixel windows of the tiles: a window keeps the 10 m
+    # ground resolution and costs about half the compute of a whole tile, so the same hour holds more epochs; the
     # last epochs see whole tiles again, as served. An average of the weights is what gets validated and saved.
     "cpu": dict(_SMALL_RESNET, epochs=90, train_crop=48, whole_tile_epochs=30, ema_decay=0.998),
     "gpu": dict(

@@ -69,8 +69,8 @@ def resolve_runtime(device: str = "auto") -> Runtime:
         torch.cuda.set_device(local_rank)
         torch.backends.cudnn.benchmark = True
         return Runtime(torch.device("cuda", local_rank), torch.bfloat16, True, rank, world_size)
-    # channels_last pays off in CPU training too (cpu-quick model, 2 cores, batch 128): 561 vs 424 img/s on an
-    # AVX2 CPU, 766-853 vs 599-681 on an AVX-512 one. Serving is another matter: see Predictor.warmup.
+    # channels_last pays off in CPU training too (RESULTS.md, "What pays on 2 CPU cores"). Serving is another
+    # matter: see Predictor.warmup.
     return Runtime(torch.device(device), None, True, rank, world_size)
 
 
