@@ -66,6 +66,8 @@ class TrainConfig:
     distill_temperature: float = _arg(1.0, "with --teacher, the temperature that softens both answers")
     mixup_alpha: float = _arg(0.0, "mixup's Beta parameter (0: off)")
     cutmix_alpha: float = _arg(0.0, "CutMix's Beta parameter (0: off)")
+    whiten_stem: bool = _arg(False, "fit the first convolution to whiten the training tiles' pixel patches, and "
+                                    "freeze it")
     seed: int = _arg(0, "seed of the split, the initialisation, shuffling and augmentation")
     device: str = _arg("auto", "where to train", choices=["auto", "cpu", "cuda"])
     output_dir: str = _arg("runs/eurosat", "run folder: checkpoint and report")

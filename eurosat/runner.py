@@ -24,6 +24,7 @@ from .fileio import write_text
 from .model import build_model
 from .trainstate import STATE_FILE, load_state, save_state
 from .transforms import DataConfig, eval_transform, train_transform
+from .whiten import whiten_stem
 
 LOG_FILE = "log.jsonl"
 
@@ -108,6 +109,9 @@ def start(cfg: TrainConfig, log: Callable[[str], None], command: str | None = No
                                  max_train_samples=cfg.max_train_samples)
     model = _build(cfg, len(data.label_names))
     data_config = DataConfig.for_model(model, cfg.img_size)
+    if cfg.whiten_stem:  # before the optimiser and the weight average take the stem; 256 tiles spread over the split
+        images = tensors["train"][0]
+        whiten_stem(model, eval_transform(data_config)(images[:: max(1, len(images) // 256)]))
     model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     train_model = model
     if runtime.distributed:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from benchmarks.appserver import free_port
 import train
@@ -88,12 +89,14 @@ def test_an_existing_run_is_not_overwritten_without_resume(one_epoch_run, mini_s
 
 @pytest.fixture(params=["plain", "every lever"])
 def recipe(request, trained_run) -> list[str]:
-    """Extra flags: none, or the averaged weights, windows then whole tiles, mixup, translation, cutout and a
-    teacher, each of which keeps state or draws random numbers that a resumed run must continue exactly."""
+    """Extra flags: none, or the averaged weights, windows then whole tiles, mixup, translation, cutout, a teacher
+    and the whitening stem, each of which keeps state or draws random numbers that a resumed run must continue
+    exactly."""
     if request.param == "plain":
         return []
     return ["--ema-decay", "0.99", "--train-crop", "48", "--whole-tile-epochs", "2", "--mixup-alpha", "0.2",
-            "--translate", "4", "--erase", "8", "--teacher", str(trained_run), "--distill-weight", "0.5"]
+            "--translate", "4", "--erase", "8", "--teacher", str(trained_run), "--distill-weight", "0.5",
+            "--whiten-stem"]
 
 
 def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_source, tmp_path, recipe):
@@ -129,6 +132,17 @@ def test_kill_9_then_resume_finishes_and_matches_an_uninterrupted_run(mini_sourc
     epochs_of = {run: [(r["train_loss"], r["val_loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
                  for run in (killed, straight)}
     assert epochs_of[killed] == epochs_of[straight]
+
+
+def test_a_run_with_the_whitening_stem_saves_the_fitted_filters(mini_source, tmp_path):
+    out = tmp_path / "whiten"
+    assert train.main(["fit", *tiny_args(mini_source, out, epochs=1), "--whiten-stem"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_config"]["whiten_stem"] is True
+    weights = load_file(out / "model.safetensors")
+    stem = next(v for k, v in weights.items() if v.ndim == 4 and v.shape[1] == 3)
+    half = stem.shape[0] // 2
+    assert torch.equal(stem[half:], -stem[:half])  # still the fitted pairs after an epoch of training
 
 
 def test_torchrun_two_cpu_processes_gloo(mini_source, tmp_path):
