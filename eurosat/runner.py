@@ -109,7 +109,7 @@ def start(cfg: TrainConfig, log: Callable[[str], None], command: str | None = No
                                  max_train_samples=cfg.max_train_samples)
     model = _build(cfg, len(data.label_names))
     data_config = DataConfig.for_model(model, cfg.img_size)
-    if cfg.whiten_stem:  # before the optimiser and the weight average take the stem; 256 tiles spread over the split
+    if cfg.whiten_stem:  # before the optimiser and the weight average take the stem; about 256 tiles, evenly spread
         images = tensors["train"][0]
         whiten_stem(model, eval_transform(data_config)(images[:: max(1, len(images) // 256)]))
     model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)

@@ -10,7 +10,11 @@ from .errors import SettingError
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
-    """The convolution that sees the RGB input: the first Conv2d with 3 input channels."""
+    """The convolution that sees the RGB input: the first Conv2d with 3 input channels.
+
+    Searched for, because timm's `pretrained_cfg["first_conv"]` still names `conv1`, a Sequential, once
+    `model_args` ask for a deep stem.
+    """
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             return module
