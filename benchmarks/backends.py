@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.inference import machine, make_checkpoint, paired_ratio
+from benchmarks.inference import machine, make_checkpoint
+from benchmarks.timing import interleaved, paired_ratio
 from benchmarks.results import save
 from eurosat.config import BUNDLED_MODEL
 
@@ -104,13 +105,7 @@ def sweep(name: str, checkpoint: Path, batches: list[int], seconds: float, threa
                 run()
                 once[key] = time.perf_counter() - start
             rounds = max(2, min(30, int(seconds / max(once.values()))))
-            times: dict[str, list[float]] = {key: [] for key in contenders}
-            keys = list(contenders)
-            for r in range(rounds):
-                for key in keys[r % 3:] + keys[:r % 3]:
-                    start = time.perf_counter()
-                    contenders[key]()
-                    times[key].append(time.perf_counter() - start)
+            times = interleaved({key: (lambda _, run=run: run()) for key, run in contenders.items()}, rounds)
         ms = {key: statistics.median(t) * 1000 for key, t in times.items()}
         best = min(("pytorch_contiguous", "pytorch_channels_last"), key=ms.get)
         row = {"batch": batch, "rounds": rounds, "pytorch_best": best.removeprefix("pytorch_"),

@@ -13,10 +13,8 @@ speed-up can never come from mixed-up maps.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ import torch
 from PIL import Image
 
 from benchmarks.inference import machine, make_checkpoint
+from benchmarks.results import save
+from benchmarks.timing import interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,12 +44,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def burst(predictor: Any, tiles: list[Image.Image], method: str, clients: int) -> tuple[float, list[np.ndarray]]:
-    """Seconds for `clients` threads to analyse all `tiles` between them, and the heatmaps in tile order."""
-    start = time.perf_counter()
+def burst(predictor: Any, tiles: list[Image.Image], method: str, clients: int) -> list[np.ndarray]:
+    """The heatmaps of all `tiles` in tile order, analysed by `clients` threads between them."""
     with ThreadPoolExecutor(clients) as pool:
-        maps = list(pool.map(lambda tile: predictor.analyze(tile, method=method).heatmap, tiles))
-    return time.perf_counter() - start, maps
+        return list(pool.map(lambda tile: predictor.analyze(tile, method=method).heatmap, tiles))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -69,25 +67,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     predictors = {name: Predictor(checkpoint, tta=checkpoint.tta, cam_copies=n)
                   for name, n in ((one, 1), (many, args.clients))}
     expected = [predictors[one].analyze(tile, method=args.method).heatmap for tile in tiles]
-    seconds: dict[str, list[float]] = {name: [] for name in predictors}
-    for r in range(args.rounds + 1):  # round 0 warms both up and is not kept
-        for name in (list(predictors) if r % 2 else list(predictors)[::-1]):
-            took, maps = burst(predictors[name], tiles, args.method, args.clients)
-            assert all(np.array_equal(a, b) for a, b in zip(maps, expected)), f"{name}: a heatmap changed"
-            if r:
-                seconds[name].append(took)
+
+    def checked(name: str) -> None:
+        maps = burst(predictors[name], tiles, args.method, args.clients)
+        assert all(np.array_equal(a, b) for a, b in zip(maps, expected)), f"{name}: a heatmap changed"
+
+    checked(many)  # warms the copies up; `one` was warmed by `expected`
+    seconds = interleaved({name: (lambda _, name=name: checked(name)) for name in predictors}, args.rounds)
     result = {
         "machine": machine(), "model": args.arch or folder.name, "method": args.method, "clients": args.clients,
         "requests_per_round": len(tiles), "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
         "requests_per_s": {name: round(len(tiles) / statistics.median(s), 2) for name, s in seconds.items()},
-        "speedup_of_copies": round(statistics.median(a / b for a, b in zip(seconds[one], seconds[many])), 3),
+        "speedup_of_copies": paired_ratio(seconds, one, many),
         "seconds": seconds,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"cam_isolation-{args.arch or folder.name}.json"
-    (out / name).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("seconds", "machine")}, indent=2))
+    save(Path(args.out) / f"cam_isolation-{args.arch or folder.name}.json", result, hidden=("seconds", "machine"))
     return result
 
 

@@ -14,7 +14,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from benchmarks.appserver import running_app
 from benchmarks.inference import machine
 from benchmarks.results import save
 from benchmarks.scene import mosaic, real_tiles
+from benchmarks.timing import interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,19 +71,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             scenes()  # lazy set-up of both paths, untimed
             change()
-            times: dict[str, list[float]] = {"change": [], "two scenes": []}
-            for r in range(args.rounds):
-                for name, call in (("change", change), ("two scenes", scenes))[::1 if r % 2 == 0 else -1]:
-                    start = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - start)
+            times = interleaved({"change": lambda _: change(), "two scenes": lambda _: scenes()}, args.rounds)
             statuses = [line.rsplit(",", 1)[1] for line in Path(answers[-1][6]).read_text().splitlines()[1:]]
     results = {
         "command": "python -m benchmarks.change" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "machine": machine(), "model": Path(args.model).name, "side": args.side, "cells": (args.side // 64) ** 2,
         "seconds": {name: [round(t, 2) for t in ts] for name, ts in times.items()},
         "median_s": {name: round(statistics.median(ts), 2) for name, ts in times.items()},
-        "change / two scenes": round(statistics.median(c / s for c, s in zip(times["change"], times["two scenes"])), 3),
+        "change / two scenes": paired_ratio(times, "change", "two scenes"),
         "statuses": {s: statuses.count(s) for s in ("unchanged", "changed", "possible")}}
     out = Path(args.out)
     save(out / "change.json", results)

@@ -34,6 +34,7 @@ from torch import nn
 
 from benchmarks.appserver import peak_rss, start_app
 from benchmarks.baseline import Baseline
+from benchmarks.timing import interleaved, paired_ratio
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "timm", "grad-cam", "gradio", "gradio_client", "pillow", "numpy", "opencv-python-headless")
@@ -174,28 +175,6 @@ def summary(seconds: list[float]) -> dict[str, float]:
             "p95_ms": pct(95)}
 
 
-def interleaved(contenders: dict[str, Callable[[int], Any]], rounds: int, sync: Callable[[], None],
-                log: Callable[[str], None]) -> dict[str, list[float]]:
-    """Seconds per call of each contender; round r runs all of them on input r, the order rotating each round."""
-    names = list(contenders)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            contenders[name](r)
-            sync()
-            times[name].append(time.perf_counter() - start)
-        if (r + 1) % 10 == 0 or r + 1 == rounds:
-            log(f"  round {r + 1}/{rounds}, load {os.getloadavg()[0]:.2f}")
-    return times
-
-
-def paired_ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
-    """Median over rounds of top/bottom: each ratio compares calls made moments apart."""
-    return round(statistics.median(a / b for a, b in zip(times[top], times[bottom])), 3)
-
-
 def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Image],
                log: Callable[[str], None]) -> dict[str, Any]:
     """Both pipelines in this process, batch 1, interleaved; plus the first call after loading."""
@@ -264,7 +243,7 @@ def in_process(args: argparse.Namespace, checkpoint: Path, images: list[Image.Im
         run(0)
     sync()
     log(f"in process: {len(contenders)} contenders x {args.rounds} rounds, interleaved")
-    times = interleaved(contenders, args.rounds, sync, log)
+    times = interleaved(contenders, args.rounds, sync=sync, log=log)
     cl, contiguous = ("forward", f"forward_{other}") if predictor.channels_last else (f"forward_{other}", "forward")
     ratios = {
         "ours / forward": paired_ratio(times, "ours", "forward"),
@@ -406,13 +385,8 @@ def alternating(servers: dict[str, Any], endpoint: str, tiles: list[str], reques
                for name, s in servers.items()}
     for client in clients.values():  # the first request of each pays lazy set-up
         client.predict(handle_file(tiles[0]), api_name=endpoint)
-    times: dict[str, list[float]] = {name: [] for name in clients}
-    for i in range(requests):
-        for name, client in (clients.items() if i % 2 == 0 else reversed(clients.items())):
-            start = time.perf_counter()
-            client.predict(handle_file(tiles[i % len(tiles)]), api_name=endpoint)
-            times[name].append(time.perf_counter() - start)
-    return times
+    return interleaved({name: (lambda i, c=client: c.predict(handle_file(tiles[i % len(tiles)]), api_name=endpoint))
+                        for name, client in clients.items()}, requests)
 
 
 def tta_on_off(args: argparse.Namespace, checkpoint: Path, tiles: list[str], workdir: Path,

@@ -14,13 +14,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.inference import machine
 from benchmarks.results import save
+from benchmarks.timing import interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,15 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
                                                   for i in range(0, len(test), 64)]).argmax(1) == labels)
                                      .float().mean()) for tta in (False, True)}
         x = torch.randn(512, 3, *predictor.data_config.input_size)
-        times: dict[str, list[float]] = {name: [] for name in graphs}
         for graph in graphs.values():
             graph.run(x, features=False)
-        for r in range(args.rounds):
-            for name in list(graphs)[::1 if r % 2 == 0 else -1]:
-                start = time.perf_counter()
-                graphs[name].run(x, features=False)
-                times[name].append(time.perf_counter() - start)
-    speedup = statistics.median(a / b for a, b in zip(times["fp32"], times["int8"]))
+        times = interleaved({name: (lambda _, g=graph: g.run(x, features=False)) for name, graph in graphs.items()},
+                            args.rounds)
+    speedup = paired_ratio(times, "fp32", "int8")
     drop = 100 * (top1["fp32"][served_tta] - top1["int8"][served_tta])
     results = {
         "command": "python -m benchmarks.int8" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),

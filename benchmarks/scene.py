@@ -28,6 +28,7 @@ from PIL import Image
 from benchmarks.appserver import running_app
 from benchmarks.inference import machine
 from benchmarks.results import save
+from benchmarks.timing import interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,17 +90,12 @@ def in_process(args: argparse.Namespace, picture: np.ndarray) -> dict[str, Any]:
 
     forward()  # lazy set-up, untimed
     mapped()
-    times: dict[str, list[float]] = {"scene": [], "forward": []}
-    for r in range(args.rounds):
-        for name, run in (("scene", mapped), ("forward", forward))[::1 if r % 2 == 0 else -1]:
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved({"scene": lambda _: mapped(), "forward": lambda _: forward()}, args.rounds)
     cells_per_s = {name: len(cells) / statistics.median(t) for name, t in times.items()}
     return {"cells": len(cells), "batch_size": args.batch_size, "tta": predictor.tta,
             "cells_per_s": {k: round(v, 1) for k, v in cells_per_s.items()},
             # throughput of the scene path over that of the bare forward: the median of per-round time ratios
-            "scene / forward": round(statistics.median(f / s for s, f in zip(times["scene"], times["forward"])), 3)}
+            "scene / forward": paired_ratio(times, "forward", "scene")}
 
 
 def end_to_end(args: argparse.Namespace, picture: np.ndarray, tiles: list[np.ndarray], workdir: Path) -> dict:

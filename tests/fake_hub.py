@@ -38,11 +38,12 @@ import hashlib
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import space_config
+from loopback import LoopbackServer
 
 Repos = dict[str, dict[str, dict[str, bytes]]]
 
@@ -63,7 +64,7 @@ def is_lfs(data: bytes) -> bool:
     return b"\0" in data[:512] or len(data) > LFS_THRESHOLD
 
 
-class FakeHub:
+class FakeHub(LoopbackServer):
     """A threaded HTTP server serving `repos` ({repo_key: {revision: {filename: bytes}}}) like the Hub."""
 
     def __init__(self, repos: Repos | None = None, *, gated: set[str] | None = None, push_status: int = 401,
@@ -80,29 +81,7 @@ class FakeHub:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.bodies: list[bytes] = []
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeHub":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> "FakeHub":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(_handler(self))
 
     @staticmethod
     def commit(repo_id: str, revision: str) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from loopback import LoopbackServer
 
 
 @dataclass
@@ -63,7 +65,7 @@ def error(message: str, *, type: str = "invalid_request_error", code: str | None
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    fake: "FakeOpenAI"  # set on the subclass each server makes
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
@@ -72,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except json.JSONDecodeError:
             body = raw
-        fake = self.server.fake
+        fake = self.fake
         reply = fake.record(Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         # Wait on the stop event, not time.sleep, so stop() never waits for a slow reply to finish.
         if reply.delay and fake.stopping.wait(reply.delay):
@@ -96,12 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # keep test output clean; requests are recorded instead
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: "FakeOpenAI"
-
-
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """An OpenAI-compatible server on 127.0.0.1 (a free port) that answers `self.current` to every request."""
 
     def __init__(self) -> None:
@@ -109,14 +106,11 @@ class FakeOpenAI:
         self.current = Reply(500, error("fake_openai: no reply configured for this test", type="server_error"))
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        # A short poll interval so shutdown() returns at once instead of after the default 0.5 s.
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        super().__init__(type("Handler", (_Handler,), {"fake": self}))
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"{self.url}/v1"
 
     def reply(self, status: int = 200, body: Any = None, *, delay: float = 0.0,
               headers: dict[str, str] | None = None) -> None:
@@ -129,15 +123,9 @@ class FakeOpenAI:
             self.requests.append(request)
             return self.current
 
-    def start(self) -> "FakeOpenAI":
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self.stopping.set()  # first, so that a delayed reply gives up instead of holding shutdown()
+        super().stop()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import inference as bench, pipeline as pipebench
+from benchmarks import inference as bench, pipeline as pipebench, timing
 
 
 def test_summary_uses_nearest_rank_percentiles():
@@ -15,7 +15,17 @@ def test_summary_uses_nearest_rank_percentiles():
 def test_paired_ratio_compares_calls_of_the_same_round():
     # The load doubles half way; per-round ratios stay at 2 where a ratio of medians would not.
     times = {"slow": [0.2, 0.2, 0.4, 0.4, 0.4], "fast": [0.1, 0.1, 0.2, 0.2, 0.2]}
-    assert bench.paired_ratio(times, "slow", "fast") == 2.0
+    assert timing.paired_ratio(times, "slow", "fast") == 2.0
+
+
+def test_interleaved_rotates_the_order_and_times_each_call():
+    calls = []
+    contenders = {name: (lambda r, name=name: calls.append((r, name))) for name in "abc"}
+    times = timing.interleaved(contenders, 4)
+    assert calls == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"),
+                     (2, "c"), (2, "a"), (2, "b"), (3, "a"), (3, "b"), (3, "c")]
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for ts in times.values() for t in ts)
 
 
 def quick_results(ours: float, baseline: float) -> dict:
