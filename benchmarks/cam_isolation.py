@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     predictors = {name: Predictor(checkpoint, tta=checkpoint.tta, cam_copies=n)
                   for name, n in ((one, 1), (many, args.clients))}
     expected = [predictors[one].analyze(tile, method=args.method).heatmap for tile in tiles]
-
-    def checked(name: str) -> None:
-        maps = burst(predictors[name], tiles, args.method, args.clients)
+    burst(predictors[many], tiles, args.method, args.clients)  # warms the copies up, as `expected` did `one`
+    produced: list[tuple[str, list[np.ndarray]]] = []
+    seconds = interleaved({name: (lambda _, name=name: produced.append(
+        (name, burst(predictors[name], tiles, args.method, args.clients)))) for name in predictors}, args.rounds)
+    for name, maps in produced:  # checked outside the timings
         assert all(np.array_equal(a, b) for a, b in zip(maps, expected)), f"{name}: a heatmap changed"
-
-    checked(many)  # warms the copies up; `one` was warmed by `expected`
-    seconds = interleaved({name: (lambda _, name=name: checked(name)) for name in predictors}, args.rounds)
     result = {
         "machine": machine(), "model": args.arch or folder.name, "method": args.method, "clients": args.clients,
         "requests_per_round": len(tiles), "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
