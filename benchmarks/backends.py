@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from benchmarks.inference import machine, make_checkpoint
-from benchmarks.timing import interleaved, paired_ratio
 from benchmarks.results import save
+from benchmarks.timing import interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
