@@ -25,7 +25,7 @@ from PIL import Image
 
 from benchmarks.inference import machine, make_checkpoint
 from benchmarks.results import save
-from benchmarks.timing import interleaved, paired_ratio
+from benchmarks.timing import at_least_one, interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="input size with --arch")
     p.add_argument("--method", default="GradCAM++", help="a pytorch-grad-cam method that hooks the model")
     p.add_argument("--clients", type=int, default=2, help="concurrent requests (the app's concurrency limit)")
-    p.add_argument("--requests", type=int, default=20, help="requests per client per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--requests", type=at_least_one, default=20, help="requests per client per round")
+    p.add_argument("--rounds", type=at_least_one, default=5)
     p.add_argument("--out", default="results", help="folder for cam_isolation.json")
     return p
 

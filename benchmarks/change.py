@@ -23,7 +23,7 @@ from benchmarks.appserver import running_app
 from benchmarks.inference import machine
 from benchmarks.results import save
 from benchmarks.scene import mosaic, real_tiles
-from benchmarks.timing import interleaved, paired_ratio
+from benchmarks.timing import at_least_one, interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.change", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(REPO / BUNDLED_MODEL), help="checkpoint folder")
     p.add_argument("--side", type=int, default=2048, help="each image's side in pixels")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    p.add_argument("--rounds", type=at_least_one, default=3, help="alternating rounds")
     p.add_argument("--out", default="results", help="folder for change.json")
     return p
 

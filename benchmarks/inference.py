@@ -34,7 +34,7 @@ from torch import nn
 
 from benchmarks.appserver import peak_rss, start_app
 from benchmarks.baseline import Baseline
-from benchmarks.timing import interleaved, paired_ratio
+from benchmarks.timing import at_least_one, interleaved, paired_ratio
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "timm", "grad-cam", "gradio", "gradio_client", "pillow", "numpy", "opencv-python-headless")
@@ -78,8 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--app-threads", type=int,
                    help="passed to app.py as --threads (default: the app's own choice for its concurrency limit)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (both pipelines and the app run there)")
-    p.add_argument("--rounds", type=int, default=40, help="interleaved in-process rounds")
-    p.add_argument("--requests", type=int, default=30, help="sequential end-to-end requests per endpoint")
+    p.add_argument("--rounds", type=at_least_one, default=40, help="interleaved in-process rounds")
+    p.add_argument("--requests", type=at_least_one, default=30, help="sequential end-to-end requests per endpoint")
     p.add_argument("--clients", type=int, default=8, help="concurrent gradio_client clients")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of concurrent load")
     p.add_argument("--examples", default=str(REPO / "examples"),

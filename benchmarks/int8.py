@@ -20,21 +20,25 @@ import torch
 
 from benchmarks.inference import machine
 from benchmarks.results import save
-from benchmarks.timing import interleaved, paired_ratio
+from benchmarks.timing import at_least_one, interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.int8", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(REPO / BUNDLED_MODEL))
     p.add_argument("--dataset", default=str(REPO.parent / "shared" / "eurosat-rgb"))
     p.add_argument("--calibration", type=int, default=512, help="training tiles the activations are calibrated on")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=at_least_one, default=10)
     p.add_argument("--out", default="results/int8.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from eurosat import hub

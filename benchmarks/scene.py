@@ -28,7 +28,7 @@ from PIL import Image
 from benchmarks.appserver import running_app
 from benchmarks.inference import machine
 from benchmarks.results import save
-from benchmarks.timing import interleaved, paired_ratio
+from benchmarks.timing import at_least_one, interleaved, paired_ratio
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--side", type=int, default=2048, help="the scene's side in pixels")
     p.add_argument("--batch-files", type=int, default=100, help="tiles in the batch upload")
     p.add_argument("--batch-size", type=int, default=64, help="cells per forward pass (the scene's own default)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved in-process rounds")
+    p.add_argument("--rounds", type=at_least_one, default=5, help="interleaved in-process rounds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="serve with TTA or not (default: as the checkpoint says)")

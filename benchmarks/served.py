@@ -30,6 +30,7 @@ from PIL import Image
 from benchmarks.appserver import start_app
 from benchmarks.inference import machine, make_checkpoint, summary
 from benchmarks.results import save
+from benchmarks.timing import at_least_one
 from eurosat.config import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=str(FULL), help="EuroSAT RGB folder with data/test-*.parquet")
     p.add_argument("--files", type=int, default=500, help="test tiles in the /batch ZIP")
     p.add_argument("--side", type=int, default=2048, help="side of the /scene mosaic in pixels")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of /batch and /scene")
-    p.add_argument("--requests", type=int, default=30, help="sequential /predict requests per server")
+    p.add_argument("--rounds", type=at_least_one, default=3, help="alternating rounds of /batch and /scene")
+    p.add_argument("--requests", type=at_least_one, default=30, help="sequential /predict requests per server")
     p.add_argument("--before-app", help="an older checkout's app.py, served beside the two backends")
     p.add_argument("--out", default="results/served", help="folder for served.json and SERVED.md")
     return p

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
 from typing import Any, Callable
+
+
+def at_least_one(value: str) -> int:
+    """An argparse type for counts of timed rounds or requests: a median of none would fail only at the end."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return number
 
 
 def interleaved(contenders: dict[str, Callable[[int], Any]], rounds: int, *,

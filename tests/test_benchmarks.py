@@ -28,6 +28,19 @@ def test_interleaved_rotates_the_order_and_times_each_call():
     assert all(t >= 0 for ts in times.values() for t in ts)
 
 
+@pytest.mark.parametrize("module", ["cam_isolation", "change", "inference", "int8", "scene", "served"])
+@pytest.mark.parametrize("given", ["0", "-3", "two"])
+def test_timed_rounds_refuse_a_count_under_one_before_any_work(module, given, capsys):
+    import importlib
+
+    parser = importlib.import_module(f"benchmarks.{module}").parser()
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--rounds", given])
+    assert exited.value.code == 2
+    assert f"argument --rounds: expected a whole number of at least 1, got '{given}'" in capsys.readouterr().err
+    assert parser.parse_args(["--rounds", "1"]).rounds == 1
+
+
 def quick_results(ours: float, baseline: float) -> dict:
     return {"in_process": {"ratios": {"ours / forward": ours, "ours_with_overlay / forward": ours,
                                       "baseline / ours": baseline, "baseline / ours_with_overlay": baseline}}}
